@@ -1,0 +1,3 @@
+from ms2dist.cli import main
+
+raise SystemExit(main())
