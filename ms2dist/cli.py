@@ -19,8 +19,10 @@ __all__ = ["main", "COMMANDS"]
 # name -> (module, one-line help, accepts --section.key=value overrides)
 COMMANDS: dict[str, tuple[str, str, bool]] = {
     "pack": ("ms2dist.pack", "pack LPD .npz / MIDI songs into WebDataset shards", False),
-    "train": ("ms2dist.train", "train stage1 (BVAEs) or stage2 (MFG-VAE); accelerate-launchable", True),
-    "sample": ("ms2dist.sample", "generate / restore / interpolate / complete; writes MIDI, npz, PNG", False),
+    "train": ("ms2dist.train", "train stage1 (BVAEs) or stage2 (MFG-VAE); accelerate-launchable",
+              True),
+    "sample": ("ms2dist.sample", "generate / restore / interpolate / complete -> MIDI, npz, PNG",
+               False),
     "evaluate": ("ms2dist.evaluate", "objective metrics and the paper's Table I", False),
     "registry": ("ms2dist.registry", "list and promote registered models in MLflow", False),
     "demo": ("ms2dist.demo", "the whole pipeline end to end on the embedded default", True),

@@ -39,3 +39,28 @@ def lpd_cleansed_test_small(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def lpd5_train_demo(shared_data: Path) -> Path:
     return _require(shared_data / "lpd5_train_demo")
+
+
+def run_ms2dist(args: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
+                timeout: float = 600, check: bool = True):
+    """Run ``python -m ms2dist ARGS`` in a subprocess (fresh interpreter, like a user)."""
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "ms2dist", *map(str, args)], env=full_env,
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"ms2dist {' '.join(map(str, args))} exited {proc.returncode}\n"
+            f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def packed_small(lpd5_test_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 16 test songs packed with enough val songs for validation (60/20/20)."""
+    out = tmp_path_factory.mktemp("shards") / "small"
+    run_ms2dist(["pack", "--input", lpd5_test_small, "--name", "small", "--out", out,
+                 "--split", "60,20,20", "--workers", "2", "--phrases-per-shard", "32"])
+    return out
