@@ -1,0 +1,160 @@
+"""Forward+backward throughput of MIDI-Sandwich2 presets, with an analytic FLOP count.
+
+    python3 bench/bench_model.py [--presets paper reference-code] [--batch 32] [--repeats 5]
+
+Two workloads per preset, each one optimiser-free training step on a random {0,1} batch:
+
+- ``stage1``: the joint stage-1 loss of all 5 BVAEs (VRAE + refiner, gradients through both).
+- ``stage2``: the stage-2 loss: frozen BVAE encoders (no grad) + MFG-VAE forward and backward.
+
+FLOPs are counted analytically (multiply-add = 2 FLOPs), forward only, then a backward pass is
+taken as 2x its forward (the usual estimate; the frozen encoders of stage 2 have none):
+
+- LSTM: ``8 * h * (in + h)`` per step per direction (4 gates, input and recurrent matmuls);
+- Linear: ``2 * in * out`` per application;
+- Conv3d: ``2 * c_in * c_out * prod(kernel)`` per output voxel (stride 1, 'same' size).
+
+Elementwise work (gates, sigmoids, losses) is ignored, so GFLOP/s is a lower bound of the
+arithmetic actually done. Timings are medians over ``--repeats`` steps after one warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ms2dist.models import (  # noqa: E402
+    MidiSandwich2,
+    ModelConfig,
+    get_preset,
+    n_params,
+    stage1_loss,
+    stage2_loss,
+)
+
+
+def lstm_flops(steps: int, inp: int, h: int, dirs: int = 1) -> float:
+    return 8.0 * h * (inp + h) * steps * dirs
+
+
+def bvae_flops(cfg: ModelConfig) -> tuple[float, float]:
+    """(encoder, decoder + refiner) forward FLOPs of one BVAE on one phrase's track."""
+    b = cfg.bvae
+    steps = cfg.n_bars * cfg.steps_per_bar  # the same total with bar-level sequences
+    segs = cfg.n_bars if b.bar_level else 1
+    dirs = 2 if b.encoder_bidirectional else 1
+    enc = lstm_flops(steps, cfg.n_pitches, b.hidden, dirs) + segs * 2 * (
+        2 * dirs * b.hidden * b.latent
+    )
+    dec = lstm_flops(steps, b.latent + b.decoder_position_dim, b.hidden)
+    dec += steps * 2 * b.hidden * cfg.n_pitches
+    if b.z_to_state:
+        dec += segs * 2 * b.latent * 2 * b.hidden
+    vox = steps * cfg.n_pitches
+    k, c = math.prod(b.refine.kernel), b.refine.channels
+    ref = 2 * k * vox * (c + 2 * b.refine.n_units * c * c + c)
+    return enc, dec + ref
+
+
+def mfg_flops(cfg: ModelConfig) -> float:
+    """MFG-VAE forward FLOPs per phrase (encoder + decoder)."""
+    m, t, feat = cfg.mfg, cfg.n_tracks, 2 * cfg.bvae.latent
+    segs = cfg.n_bars if cfg.bvae.bar_level else 1
+    if m.strategy in ("vrae", "lstm"):
+        f = lstm_flops(t, feat, m.hidden) + lstm_flops(t, m.latent, m.hidden)
+        f += 2 * 2 * m.hidden * m.latent + t * 2 * m.hidden * feat
+        if m.strategy == "vrae":
+            f += 2 * m.latent * 2 * m.hidden
+    else:
+        h, n = m.hidden, m.mlp_layers
+        if m.strategy == "project":  # per-track projections, then MLP from project_dim
+            f = 2 * t * feat * m.project_dim + 2 * m.project_dim * h
+        else:
+            f = 2 * t * feat * h
+        f += 2 * (n - 1) * h * h  # encoder hidden layers
+        f += 2 * 2 * h * m.latent  # mu and log-variance heads
+        f += 2 * m.latent * h + 2 * (n - 1) * h * h + 2 * h * t * feat  # decoder
+    return segs * f
+
+
+def step_flops(cfg: ModelConfig, workload: str) -> float:
+    enc, dec = bvae_flops(cfg)
+    t = cfg.n_tracks
+    if workload == "stage1":
+        return 3 * t * (enc + dec)
+    return t * enc + 3 * mfg_flops(cfg)
+
+
+def bench(preset: str, workload: str, batch: int, repeats: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    cfg = get_preset(preset)
+    model = MidiSandwich2(cfg)
+    x = torch.rand(batch, cfg.n_bars, cfg.steps_per_bar, cfg.n_pitches, cfg.n_tracks) < 0.02
+    x = x.float()
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        if workload == "stage1":
+            loss = sum(
+                stage1_loss(model, x, t, phase="joint", kl_weight=1.0, free_bits=0.0)[0]
+                for t in range(cfg.n_tracks)
+            )
+        else:
+            loss = stage2_loss(model, x, kl_weight=1.0, free_bits=0.0)[0]
+        loss.backward()
+
+    step()  # warm-up (allocator, oneDNN primitives)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    sec = statistics.median(times)
+    flops = step_flops(cfg, workload)
+    return {
+        "params": n_params(model),
+        "sec": sec,
+        "phrases_s": batch / sec,
+        "gflop_phrase": flops / 1e9,
+        "gflops": flops * batch / sec / 1e9,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", nargs="+", default=["paper", "reference-code"])
+    ap.add_argument("--workloads", nargs="+", default=["stage1", "stage2"])
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0]
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
+        f"median of {args.repeats}, load avg {load:.1f} (other processes skew CPU timings)"
+    )
+    hdr = f"{'preset':>15} {'workload':>8} {'params':>10} {'s/step':>8} "
+    print(hdr + f"{'phrases/s':>10} {'GFLOP/phrase':>13} {'GFLOP/s':>8}")
+    for preset in args.presets:
+        for wl in args.workloads:
+            r = bench(preset, wl, args.batch, args.repeats)
+            print(
+                f"{preset:>15} {wl:>8} {r['params']:>10,} {r['sec']:>8.3f} "
+                f"{r['phrases_s']:>10.1f} {r['gflop_phrase']:>13.3f} {r['gflops']:>8.1f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
