@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"ms2dist {name}: config error: {e}", file=sys.stderr)
         return 2
+    except FileNotFoundError as e:
+        print(f"ms2dist {name}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -64,3 +64,23 @@ def packed_small(lpd5_test_small: Path, tmp_path_factory: pytest.TempPathFactory
     run_ms2dist(["pack", "--input", lpd5_test_small, "--name", "small", "--out", out,
                  "--split", "60,20,20", "--workers", "2", "--phrases-per-shard", "32"])
     return out
+
+
+@pytest.fixture(scope="session")
+def packed_memorize(lpd5_test_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two songs whose val split IS the train split: "does the loop learn?" in seconds.
+
+    Generalising to unseen songs takes far more steps than a CPU test can afford;
+    memorising 41 phrases does not.
+    """
+    import shutil
+
+    src = tmp_path_factory.mktemp("mem_in")
+    for f in sorted(lpd5_test_small.rglob("*.npz"))[:2]:
+        shutil.copy(f, src / f.name)
+    out = tmp_path_factory.mktemp("shards") / "mem"
+    run_ms2dist(["pack", "--input", src, "--name", "mem", "--out", out, "--split", "100,0,0",
+                 "--workers", "1"])
+    shutil.rmtree(out / "val", ignore_errors=True)
+    shutil.copytree(out / "train", out / "val")
+    return out

@@ -1,0 +1,52 @@
+"""MLflow pyfunc flavour by ``loader_module``: MLflow imports this installed module and
+hands it the logged model directory (safetensors + JSON). No pickle, no code from the
+artifact store is ever executed.
+
+``predict`` accepts a dict (or a one-row DataFrame) with ``mode``:
+``{"mode": "generate", "n": 2, "seed": 0, "temperature": 1.0}`` or
+``{"mode": "restore", "phrases": array (N, 4, 48, 84, 5)}``; it returns note
+probabilities as a numpy array ``(N, 4, 48, 84, 5)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["_load_pyfunc", "MidiSandwich2Pyfunc"]
+
+
+class MidiSandwich2Pyfunc:
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+        req = dict(params or {})
+        if hasattr(model_input, "to_dict") and not isinstance(model_input, dict):
+            rows = model_input.to_dict(orient="records")
+            model_input = rows[0] if rows else {}
+        if isinstance(model_input, np.ndarray):
+            req.setdefault("mode", "restore")
+            req["phrases"] = model_input
+        elif isinstance(model_input, dict):
+            req.update(model_input)
+        mode = req.get("mode", "generate")
+        with torch.no_grad():
+            if mode == "generate":
+                out = self.model.generate(int(req.get("n", 1)),
+                                          temperature=float(req.get("temperature", 1.0)),
+                                          seed=int(req.get("seed", 0)))
+            elif mode == "restore":
+                x = torch.as_tensor(np.asarray(req["phrases"]), dtype=torch.float32)
+                out = self.model.restore(x, sample=False)
+            else:
+                raise ValueError(f"predict: unknown mode {mode!r} (generate or restore)")
+        return out.cpu().numpy()
+
+
+def _load_pyfunc(data_path: str) -> MidiSandwich2Pyfunc:
+    from ms2dist.modelio import load_model
+
+    return MidiSandwich2Pyfunc(load_model(data_path))

@@ -1,0 +1,133 @@
+"""``ms2dist sample``: generate, restore, interpolate or complete phrases; writes MIDI,
+pianoroll ``.npz`` and a PNG per sample.
+
+    ms2dist sample --model models:/midi-sandwich2@champion --mode generate --n 4 --out out/
+    ms2dist sample --model runs/s2 --mode restore --input song.npz --n 2 --out out/
+    ms2dist sample --model runs/s2 --mode interpolate --input a.npz b.mid --n 8 --out out/
+    ms2dist sample --model runs/s2 --mode complete --input song.npz --keep Piano --out out/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ms2dist import TRACKS
+
+__all__ = ["add_arguments", "main"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True,
+                   help="model dir, training output dir, or MLflow URI (models:/name@alias)")
+    p.add_argument("--mode", choices=["generate", "restore", "interpolate", "complete",
+                                      "no-fusion"], default="generate")
+    p.add_argument("--n", type=int, default=4, help="samples (generate), phrases (restore, "
+                   "complete) or interpolation steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--input", nargs="*", type=Path, default=[],
+                   help="song files (.npz LPD or .mid) for restore/interpolate/complete")
+    p.add_argument("--format", default="auto", choices=["auto", "lpd5", "lpd", "midi"])
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--keep", default="Piano", help="complete: comma-separated tracks to keep")
+    p.add_argument("--binarize", choices=["threshold", "bernoulli"], default="threshold")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--no-refine", action="store_true", help="skip the refine net (MSG1)")
+    p.add_argument("--tempo", type=float, default=None, help="BPM (default: input's, or 100)")
+    p.add_argument("--no-png", action="store_true")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _fail(msg: str) -> int:
+    print(f"ms2dist sample: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def main(args: argparse.Namespace, extra: list[str]) -> int:
+    from ms2dist.modelio import load_model
+    from ms2dist.models import binarize
+    from ms2dist.sampling import DEFAULT_BPM, song_phrases, write_outputs
+
+    # Check the arguments before the (slow) model and song loading.
+    if args.n < 1:
+        return _fail(f"--n must be at least 1, got {args.n}")
+    needs_input = args.mode in ("restore", "interpolate", "complete")
+    if needs_input and not args.input:
+        return _fail(f"--mode {args.mode} needs --input SONG [SONG ...] (.npz LPD or .mid)")
+    if not needs_input and args.input:
+        return _fail(f"--mode {args.mode} takes no --input")
+    kept: list[int] | None = None
+    if args.mode == "complete":
+        keep = [t.strip() for t in args.keep.split(",") if t.strip()]
+        bad = [t for t in keep if t not in TRACKS]
+        if bad or not keep:
+            return _fail(f"--keep: unknown track(s) {bad or [args.keep]}; give a comma-separated "
+                         f"list of {', '.join(TRACKS)}")
+        kept = [TRACKS.index(t) for t in keep]
+    if args.tempo is not None and not args.tempo > 0:
+        return _fail(f"--tempo must be positive, got {args.tempo}")
+    songs = []
+    for path in args.input:
+        try:
+            songs.append(song_phrases(path, args.format))
+        except (ValueError, OSError) as e:
+            msg = str(e) if str(path) in str(e) else f"{path}: {e}"
+            return _fail(f"--input {msg}")
+    try:
+        model = load_model(args.model, device=args.device)
+    except (FileNotFoundError, ValueError) as e:
+        return _fail(f"--model: {e}")
+    stage = getattr(model, "ms2dist_meta", {}).get("stage")
+    if stage == "stage1" and args.mode != "no-fusion":
+        print(f"ms2dist sample: warning: {args.model} is a stage-1 model (its MFG-VAE is "
+              f"untrained); only --mode no-fusion is meaningful", file=sys.stderr)
+    refine = not args.no_refine
+    device = torch.device(args.device)
+    bpm = args.tempo or (songs[0][1] if songs else DEFAULT_BPM)
+    titles = None
+    x = None
+    if args.mode in ("generate", "no-fusion"):
+        fn = model.generate if args.mode == "generate" else model.generate_no_fusion
+        probs = fn(args.n, temperature=args.temperature, seed=args.seed, refine=refine)
+    elif args.mode == "interpolate":
+        a = songs[0][0][0]
+        b = songs[1][0][0] if len(songs) > 1 else songs[0][0][min(1, len(songs[0][0]) - 1)]
+        xa = torch.as_tensor(a, dtype=torch.float32, device=device)
+        xb = torch.as_tensor(b, dtype=torch.float32, device=device)
+        probs = model.interpolate(xa, xb, steps=max(2, args.n), refine=refine)
+        titles = [f"interpolation step {i}" for i in range(len(probs))]
+    else:
+        phrases = np.concatenate([s[0] for s in songs])[: args.n]
+        x = torch.as_tensor(phrases, dtype=torch.float32, device=device)
+        if args.mode == "restore":
+            probs = model.restore(x, seed=args.seed, refine=refine)
+            titles = [f"restored phrase {i}" for i in range(len(x))]
+        else:
+            probs = model.complete(x, kept, seed=args.seed, refine=refine)
+            titles = [f"phrase {i} completed from {args.keep}" for i in range(len(x))]
+        write_outputs(phrases.astype(np.float32), phrases, args.out, "input", bpm=bpm,
+                      titles=[f"input phrase {i}" for i in range(len(x))],
+                      pictures=not args.no_png)
+    g = torch.Generator(device=probs.device).manual_seed(args.seed)
+    binary = binarize(probs, mode=args.binarize, threshold=args.threshold, generator=g) > 0.5
+    if kept is not None:
+        # The kept tracks come back exactly as given, whatever the binariser does.
+        binary[..., kept] = x[..., kept] > 0.5
+    index = write_outputs(probs.float().cpu().numpy(), binary.cpu().numpy(), args.out,
+                          args.mode, bpm=bpm, titles=titles, pictures=not args.no_png)
+    summary = {"model": str(args.model), "mode": args.mode, "seed": args.seed,
+               "n": len(index), "inputs": [str(p) for p in args.input], "tempo_bpm": bpm,
+               "binarize": args.binarize, "threshold": args.threshold,
+               "temperature": args.temperature, "refine": refine,
+               "keep": [TRACKS[k] for k in kept] if kept is not None else None,
+               "files": index}
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"wrote {len(index)} {args.mode} sample(s) to {args.out} "
+          f"(.mid, .npz{'' if args.no_png else ', .png'})")
+    return 0

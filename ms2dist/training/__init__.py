@@ -1,0 +1,1 @@
+"""Training both stages with Accelerate (``ms2dist train``)."""

@@ -1,0 +1,148 @@
+"""The run configuration: model preset + data + optimisation + checkpointing + tracking.
+
+``--config`` takes a preset name (the model preset of the same name, with training
+defaults sized for it) or a YAML file with any subset of these sections. Every value
+can then be overridden with ``--section.key=value``; unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from ms2dist.config import ConfigError, apply_overrides, from_dict, to_dict
+from ms2dist.models.presets import PRESETS, ModelConfig, get_preset
+
+__all__ = ["RunConfig", "DataSection", "OptimSection", "TrainSection", "TrackingSection",
+           "resolve_config"]
+
+
+@dataclass
+class DataSection:
+    batch_size: int = 32  # per process (the paper: 32 on one GPU)
+    num_workers: int = 2  # DataLoader workers per process
+    shuffle_buffer: int = 2000  # phrases
+    val_batches: int = 0  # 0 = the whole val split (exact-once); >0 caps it for speed
+    latent_cache: bool = True  # stage 2: encode once with the frozen BVAEs, train on (mu, logvar)
+
+
+@dataclass
+class OptimSection:
+    optimizer: Literal["adam", "adamw", "rmsprop"] = "adam"
+    lr: float = 1e-3
+    refine_lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    schedule: Literal["constant", "cosine"] = "cosine"
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0  # 0 disables
+    grad_accum: int = 1
+
+
+@dataclass
+class TrainSection:
+    seed: int = 0
+    # stage 1: `vrae_steps` of VRAE training, then `refine_steps` of refine training on the
+    # frozen VRAE's output (the paper's order); "joint" trains both together for vrae_steps.
+    stage1_mode: Literal["sequential", "joint"] = "sequential"
+    vrae_steps: int = 20000
+    refine_steps: int = 5000
+    stage2_steps: int = 20000
+    kl_weight: float = 1.0
+    kl_warmup_steps: int = 2000  # linear 0 -> kl_weight (avoids posterior collapse early on)
+    free_bits: float = 0.0  # nats per latent dimension below which KL is not penalised
+    eval_every: int = 1000
+    eval_at_start: bool = True  # validate the untrained model once (the baseline)
+    log_every: int = 50
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    dist_timeout_s: int = 600  # a dead rank fails the job after at most this long
+
+
+@dataclass
+class TrackingSection:
+    enabled: bool = True
+    tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI or the embedded sqlite:///mlflow.db
+    experiment: str = "ms2dist"
+    sample_every: int = 0  # 0 = only at the end; images + MIDI of samples as artifacts
+    register: bool = True  # register ms2-bvae / midi-sandwich2 versions at the end
+
+
+@dataclass
+class RunConfig:
+    preset: str = "paper"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    tracking: TrackingSection = field(default_factory=TrackingSection)
+
+
+def _preset_run_config(name: str) -> RunConfig:
+    cfg = RunConfig(preset=name, model=get_preset(name))
+    if name == "tiny":
+        # Seconds on a CPU: for tests, the demo and smoke runs.
+        cfg = replace(
+            cfg,
+            data=replace(cfg.data, batch_size=8, num_workers=0, shuffle_buffer=200),
+            optim=replace(cfg.optim, warmup_steps=5, lr=1e-2, refine_lr=1e-2),
+            # A weak KL so that a few dozen CPU steps visibly learn (tests, demo); samples
+            # from the prior are correspondingly poor.
+            train=replace(cfg.train, vrae_steps=40, refine_steps=20, stage2_steps=500,
+                          kl_weight=1e-3, kl_warmup_steps=20, eval_every=20, log_every=5,
+                          checkpoint_every=20),
+        )
+    elif name == "reference-code":
+        # The published code: RMSprop lr 1e-3 for the VAEs, Adam for the refiner.
+        cfg = replace(cfg, optim=replace(cfg.optim, optimizer="rmsprop", schedule="constant"))
+    return cfg
+
+
+def resolve_config(config: str, overrides: list[str] | None = None) -> RunConfig:
+    """Preset name or YAML path -> RunConfig, then strict overrides.
+
+    A YAML file may name a ``preset`` to start from; its other sections override it.
+    """
+    overrides = overrides or []
+    if config in PRESETS:
+        cfg = _preset_run_config(config)
+    else:
+        path = Path(config)
+        if not path.exists():
+            raise ConfigError(
+                f"--config {config!r} is neither a preset ({', '.join(PRESETS)}) nor a file"
+            )
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        base = _preset_run_config(str(data.get("preset", "paper")))
+        merged = to_dict(base)
+        for section, values in data.items():
+            if section == "preset":
+                continue
+            if section not in merged:
+                raise ConfigError(f"{path}: unknown section {section!r} "
+                                  f"(valid: {', '.join(sorted(merged))})")
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path}: section {section!r} must be a mapping")
+            merged[section] = _deep_merge(merged[section], values, f"{path}: {section}")
+        cfg = from_dict(RunConfig, merged)
+    return apply_overrides(cfg, overrides)
+
+
+def _deep_merge(base: dict, new: dict, where: str) -> dict:
+    out = dict(base)
+    for k, v in new.items():
+        if k not in out:
+            raise ConfigError(f"{where}: unknown key {k!r} (valid: {', '.join(sorted(out))})")
+        if isinstance(out[k], dict) and isinstance(v, dict):
+            out[k] = _deep_merge(out[k], v, f"{where}.{k}")
+        else:
+            out[k] = v
+    return out
