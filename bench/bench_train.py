@@ -119,11 +119,12 @@ def run_loop(preset: str, data: Path, out: Path, threads: int, world: int = 1) -
     return _windows(out, steps, every, warm)
 
 
-def run_bare(preset: str, data: Path, out: Path, threads: int) -> list[float]:
+def run_bare(preset: str, data: Path, out: Path, threads: int,
+             in_loop: bool = False) -> list[float]:
     steps, every, warm = PLAN[(preset, "stage1")]
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--bare", preset, "--data", str(data),
-           "--threads", str(threads)]
+           "--threads", str(threads)] + (["--bare-data-in-loop"] if in_loop else [])
     text = _run(cmd, out / "bare.log", 120 + steps * 10, _env(threads))
     rates = json.loads(text.strip().splitlines()[-1])["windows"]
     return rates[warm:]
@@ -146,8 +147,12 @@ def run_stage2(preset: str, data: Path, s1: Path, out: Path, threads: int,
 # ------------------------------------------------------------------------------ bare loop
 
 
-def bare_main(preset: str, data: Path, threads: int) -> None:
-    """The stage-1 step with nothing around it; prints {"windows": [phrases/s, ...]}."""
+def bare_main(preset: str, data: Path, threads: int, in_loop: bool) -> None:
+    """The stage-1 step with nothing around it; prints {"windows": [phrases/s, ...]}.
+
+    ``in_loop``: draw and unpack every batch inside the timed loop, from the trainer's
+    endless loader (same arguments as the trainer), instead of cycling 8 pre-unpacked ones.
+    """
     import torch
 
     torch.set_num_threads(threads)
@@ -169,14 +174,17 @@ def bare_main(preset: str, data: Path, threads: int) -> None:
     opt = torch.optim.Adam([{"params": vrae_p, "lr": cfg.optim.lr},
                             {"params": refine_p, "lr": 0.0}],
                            lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    it = iter(train_loader(data / "train", BATCH, seed=cfg.train.seed, num_workers=0,
-                           shuffle_buffer=cfg.data.shuffle_buffer))
-    pool = [unpack_phrases(next(it)["phrases"]) for _ in range(min(steps, 8))]
+    from ms2dist.training.loop import _endless, _epoch_steps
+
+    it = _endless(train_loader(data / "train", BATCH, seed=cfg.train.seed, num_workers=0,
+                               shuffle_buffer=cfg.data.shuffle_buffer,
+                               epoch_steps=_epoch_steps(data / "train", BATCH, 1)))
+    pool = [] if in_loop else [unpack_phrases(next(it)["phrases"]) for _ in range(8)]
     kl_w, fb = cfg.train.kl_weight, cfg.train.free_bits
     windows = []
     t_last = time.perf_counter()
     for step in range(steps):
-        x = pool[step % len(pool)]
+        x = unpack_phrases(next(it)["phrases"]) if in_loop else pool[step % len(pool)]
         loss = x.new_zeros(())
         for t in tracks:
             loss = loss + stage1_loss(model, x, t, phase="vrae", kl_weight=kl_w,
@@ -210,10 +218,15 @@ def main() -> None:
     ap.add_argument("--data", type=Path, help="packed shards (default: pack lpd5_test_small)")
     ap.add_argument("--work", type=Path, help="keep runs here (default: a temp dir)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--report", type=Path, metavar="JSON",
+                    help="only print the table of an earlier run's --json")
     ap.add_argument("--bare", metavar="PRESET", help=argparse.SUPPRESS)
+    ap.add_argument("--bare-data-in-loop", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.report:
+        return report(json.loads(a.report.read_text()))
     if a.bare:
-        return bare_main(a.bare, a.data, a.threads)
+        return bare_main(a.bare, a.data, a.threads, a.bare_data_in_loop)
 
     work = a.work or Path(tempfile.mkdtemp(prefix="ms2-train-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -246,6 +259,8 @@ def main() -> None:
                                                           a.threads)))
         jobs.append((f"a {p} bare", lambda p=p: run_bare(p, data, work / f"a-{p}-bare",
                                                           a.threads)))
+        jobs.append((f"a {p} bare+data", lambda p=p: run_bare(p, data, work / f"a-{p}-bared",
+                                                               a.threads, in_loop=True)))
     for p in a.b_presets:
         if p not in a.a_presets:
             jobs.append((f"a {p} loop", lambda p=p: run_loop(p, data, work / f"a-{p}-loop",
@@ -274,10 +289,33 @@ def main() -> None:
                   f"load {_load()})", file=sys.stderr, flush=True)
         loads.append(_load())
 
-    med = {k: statistics.median(v) for k, v in windows.items()}
+    result = {"batch": BATCH, "threads": a.threads, "reps": a.reps, "loads": loads,
+              "a_presets": a.a_presets, "b_presets": a.b_presets, "c_presets": a.c_presets,
+              "plan": {f"{k[0]} {k[1]}": v for k, v in PLAN.items()},
+              "windows": windows, "cache_build_s": extra}
+    if a.json:
+        a.json.write_text(json.dumps(result, indent=1))
+    report(result)
+
+
+def report(r: dict) -> None:
+    """Print the table. Ratios are the median over reps of the ratio of that rep's medians
+    (paired: both contenders ran back to back), so a load change between reps cancels."""
     import torch
 
     from ms2dist.models import get_preset
+
+    reps, windows = r["reps"], r["windows"]
+    med = {k: statistics.median(v) for k, v in windows.items()}
+
+    def per_rep(name: str) -> list[float]:
+        w = windows[name]
+        n = len(w) // reps
+        return [statistics.median(w[i * n:(i + 1) * n]) for i in range(reps)]
+
+    def ratio(num: str, den: str) -> tuple[float, str]:
+        rs = [x / y for x, y in zip(per_rep(num), per_rep(den), strict=True)]
+        return statistics.median(rs), "/".join(f"{x:.2f}" for x in rs)
 
     def segs(p: str) -> int:
         c = get_preset(p)
@@ -285,49 +323,45 @@ def main() -> None:
 
     rows = []
 
-    def row(what: str, name: str, ratio: str, target: str, note: str = "") -> None:
+    def row(what: str, name: str, vs: str = "", den: str = "", target: float = 0.0,
+            note: str = "") -> None:
         w = windows[name]
-        rows.append({"what": what, "key": name, "median": med[name], "min": min(w),
-                     "max": max(w), "n": len(w), "ratio": ratio, "target": target,
-                     "note": note})
+        rtxt = ttxt = ""
+        if den:
+            rm, each = ratio(name, den)
+            rtxt = f"{rm:.2f}x {vs} ({each})"
+            if target:
+                ttxt = f">= {target}x: " + ("met" if rm >= target else "**not met**")
+        rows.append(f"| {what} | {med[name]:,.1f} | {min(w):,.1f}-{max(w):,.1f} | {len(w)} "
+                    f"| {rtxt} | {ttxt} | {note} |")
 
-    def verdict(r: float, target: float) -> str:
-        return f">= {target}x: " + ("met" if r >= target else "**not met**")
-
-    for p in a.a_presets:
-        r = med[f"a {p} loop"] / med[f"a {p} bare"]
-        row(f"(a) stage 1 {p}, bare PyTorch loop", f"a {p} bare", "", "")
-        row(f"(a) stage 1 {p}, `ms2dist train stage1`, 1 process", f"a {p} loop",
-            f"{r:.2f}x bare", verdict(r, 0.9))
-    for p in a.b_presets:
-        r = med[f"b {p} 2proc"] / med[f"a {p} loop"]
-        row(f"(b) stage 1 {p}, 2 processes (DDP, gloo), global", f"b {p} 2proc",
-            f"{r:.2f}x 1 process", "")
-    for p in a.c_presets:
+    for p in r.get("a_presets", ["tiny", "paper"]):
+        row(f"(a) stage 1 {p}: bare PyTorch loop", f"a {p} bare")
+        row(f"(a) stage 1 {p}: bare loop + loader/unpack in the loop", f"a {p} bare+data",
+            "bare", f"a {p} bare")
+        row(f"(a) stage 1 {p}: `ms2dist train stage1`, 1 process", f"a {p} loop", "bare",
+            f"a {p} bare", 0.9)
+    for p in r.get("b_presets", ["tiny"]):
+        row(f"(b) stage 1 {p}: 2 processes (DDP, gloo), all ranks", f"b {p} 2proc",
+            "1 process", f"a {p} loop")
+    for p in r.get("c_presets", ["tiny", "paper"]):
         s = segs(p)
         nc, c = f"c {p} nocache", f"c {p} cache"
-        # rows/s: cache counts rows as "phrases"; no cache counts phrases of s rows each
-        rows_nc, rows_c = med[nc] * s, med[c]
-        build = statistics.median(extra[c]) if extra[c] else float("nan")
-        row(f"(c) stage 2 {p}, no latent cache", nc, "",
-            "", f"{rows_nc:,.0f} latent rows/s")
-        row(f"(c) stage 2 {p}, latent cache", c, f"{med[c] / med[nc]:.2f}x no cache "
-            f"(rows/s: {rows_c / rows_nc:.2f}x)", "",
-            f"{rows_c:,.0f} latent rows/s; cache build {build:.2f} s")
+        builds = r.get("cache_build_s", {}).get(c) or [float("nan")]
+        rows_ratio = statistics.median(
+            [x / (y * s) for x, y in zip(per_rep(c), per_rep(nc), strict=True)])
+        row(f"(c) stage 2 {p}: no latent cache", nc, note=f"{med[nc] * s:,.0f} latent rows/s")
+        row(f"(c) stage 2 {p}: latent cache", c, "no cache", nc,
+            note=f"{med[c]:,.0f} latent rows/s ({rows_ratio:.2f}x no cache); cache build "
+                 f"{statistics.median(builds):.2f} s")
 
-    print(f"\nbatch {BATCH}/process, {a.threads} thread(s)/process, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, {a.reps} reps, load avg (1/5/15 min) before/after "
-          f"each rep: {' -> '.join(loads)}")
-    print("| what | phrases/s (median) | min-max of windows | windows | ratio | target | note |")
+    print(f"\nbatch {r['batch']}/process, {r['threads']} thread(s)/process, "
+          f"{os.cpu_count()} CPUs, torch {torch.__version__}, {reps} reps, load avg "
+          f"(1/5/15 min) before/after each rep: {' -> '.join(r['loads'])}")
+    print("| what | phrases/s (median of all windows) | min-max of windows | windows "
+          "| ratio (median of per-rep ratios; each rep) | target | note |")
     print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['what']} | {r['median']:,.1f} | {r['min']:,.1f}-{r['max']:,.1f} | "
-              f"{r['n']} | {r['ratio']} | {r['target']} | {r['note']} |")
-    if a.json:
-        a.json.write_text(json.dumps({"batch": BATCH, "threads": a.threads, "reps": a.reps,
-                                      "loads": loads, "plan": {f"{k[0]} {k[1]}": v
-                                                               for k, v in PLAN.items()},
-                                      "windows": windows, "rows": rows}, indent=1))
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":

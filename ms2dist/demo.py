@@ -23,7 +23,7 @@ from pathlib import Path
 
 __all__ = ["add_arguments", "main", "DEMO_STEPS", "QUICK_STEPS"]
 
-DEMO_STEPS = {"vrae_steps": 300, "refine_steps": 100, "stage2_steps": 1500}
+DEMO_STEPS = {"vrae_steps": 200, "refine_steps": 40, "stage2_steps": 1500}
 QUICK_STEPS = {"vrae_steps": 24, "refine_steps": 8, "stage2_steps": 100}
 
 

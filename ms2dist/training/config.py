@@ -87,7 +87,8 @@ def _preset_run_config(name: str) -> RunConfig:
         # Seconds on a CPU: for tests, the demo and smoke runs.
         cfg = replace(
             cfg,
-            data=replace(cfg.data, batch_size=8, num_workers=0, shuffle_buffer=200),
+            data=replace(cfg.data, batch_size=8, num_workers=0, shuffle_buffer=200,
+                         val_batches=8),
             optim=replace(cfg.optim, warmup_steps=5, lr=1e-2, refine_lr=1e-2),
             # A weak KL so that a few dozen CPU steps visibly learn (tests, demo); samples
             # from the prior are correspondingly poor.

@@ -23,6 +23,7 @@ __all__ = ["LatentCache"]
 
 class LatentCache:
     def __init__(self, mu: torch.Tensor, logvar: torch.Tensor) -> None:
+        """``mu``/``logvar``: (phrases, segments, tracks, latent)."""
         if len(mu) == 0:
             raise ValueError("latent cache is empty on this rank: the train split has fewer "
                              "phrases than ranks; pack more songs or use fewer processes")
@@ -44,8 +45,11 @@ class LatentCache:
                                  world_size=accelerator.num_processes):
             x = unpack_phrases(batch["phrases"].to(device), device)
             mu, logvar = model.encode_tracks(x)
-            # encode_tracks returns one row per segment (bar-level BVAEs: 4 per phrase)
-            valid = batch["valid"].to(device).repeat_interleave(len(mu) // len(x))
+            # encode_tracks returns one row per segment (bar-level BVAEs: 4 per phrase):
+            # keep them grouped per phrase, so a batch is batch_size *phrases* as uncached.
+            mu = mu.view(len(x), -1, *mu.shape[1:])
+            logvar = logvar.view(len(x), -1, *logvar.shape[1:])
+            valid = batch["valid"].to(device)
             mus.append(mu[valid].float().cpu())
             lvs.append(logvar[valid].float().cpu())
         model.train(was_training)
@@ -66,5 +70,5 @@ class LatentCache:
             idx = torch.from_numpy(perm[pos * batch_size:(pos + 1) * batch_size])
             if len(idx) < batch_size:  # fewer phrases than one batch: sample with repeats
                 idx = torch.from_numpy(rng.integers(0, n, batch_size))
-            yield self.mu[idx], self.logvar[idx]
+            yield self.mu[idx].flatten(0, 1), self.logvar[idx].flatten(0, 1)
             k += 1

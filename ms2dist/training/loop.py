@@ -214,7 +214,7 @@ def train(job: TrainJob) -> int:
         t0 = time.perf_counter()
         cache = LatentCache.build(model, job.data / "train", accelerator, bs)
         if main:
-            print(f"[ms2dist] latent cache: {cache.size} latent rows on rank 0 in "
+            print(f"[ms2dist] latent cache: {cache.size} phrases on rank 0 in "
                   f"{time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
     # The stream is a pure function of (seed, rank, position): resuming at micro-batch k
     # yields exactly the batches an uninterrupted run would have seen from k on.
