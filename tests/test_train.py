@@ -162,3 +162,28 @@ def test_unknown_override_is_an_error(packed_small: Path, tmp_path, env) -> None
     proc = run_ms2dist(["train", "stage1", *FAST, "--data", packed_small, "--out", tmp_path,
                         "--train.vrae_stepz=3"], env=env, check=False)
     assert proc.returncode == 2 and "vrae_stepz" in proc.stderr
+
+
+@pytest.mark.slow
+def test_stage2_deepspeed_zero2_two_ranks(stage1_run: Path, packed_memorize: Path, tmp_path,
+                                          env) -> None:
+    """ZeRO-2 through accelerate on CPU (gloo); the frozen BVAEs stay outside the engine and
+    the exported weights are a plain fp32 state dict."""
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(REPO / "launch_configs" / "deepspeed_zero2_cpu.yaml"), "-m", "ms2dist", "train",
+           "stage2", *FAST, "--data", str(packed_memorize), "--out", str(out), "--stage1",
+           str(stage1_run), "--expect-world-size", "2", "--train.stage2_steps=20",
+           "--train.eval_every=20", "--tracking.enabled=false"]
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    assert "DistributedType.DEEPSPEED" in proc.stderr
+    loss = series(out, "val/mfg_loss")
+    assert loss[-1][1] < loss[0][1], loss
+    state = load_file(str(out / "model" / "model.safetensors"))
+    s1 = load_file(str(stage1_run / "model" / "model.safetensors"))
+    for k, v in state.items():
+        assert v.dtype == torch.float32, k
+        if not k.startswith("mfg."):
+            torch.testing.assert_close(v, s1[k], rtol=0, atol=0, msg=k)  # BVAEs frozen
