@@ -61,7 +61,7 @@ def test_readme_pipeline_block_runs(shared_data: Path, tmp_path: Path) -> None:
                               text=True, timeout=900)
         assert proc.returncode == 0, f"README command failed: {cmd}\n{proc.stderr[-4000:]}"
         ran.append(cmd.split()[1] if cmd.startswith("ms2dist") else cmd.split()[0])
-    assert ran.count("train") == 2 and "accelerate" in ran and "evaluate" in ran
+    assert ran.count("train") == 1 and "accelerate" in ran and "evaluate" in ran
     assert list((tmp_path / "out" / "gen").glob("*.mid"))
     assert (tmp_path / "out" / "eval" / "table_i.md").is_file()
     snippet = next(b for b in blocks("python") if "pyfunc.load_model" in b)
@@ -81,4 +81,4 @@ def test_readme_slurm_examples_dry_run(tmp_path: Path) -> None:
         proc = subprocess.run(cmd, shell=True, cwd=REPO, capture_output=True, text=True,
                               timeout=120, env={**os.environ, "MS2DIST_RUN": str(tmp_path)})
         assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-        assert "sbatch" in proc.stdout
+        assert "sbatch" in proc.stdout + proc.stderr
