@@ -60,6 +60,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ms2dist import TRACKS
+from ms2dist._malloc import keep_freed_buffers
 
 __all__ = [
     "CorruptShardError",
@@ -270,16 +271,7 @@ def _batch_dict(packed, index, nonempty, song, **extra) -> dict:
 
 
 def _worker_init(_worker_id: int) -> None:
-    """glibc: stop returning every batch-sized buffer to the OS (mmap/munmap + page faults
-    per batch made workers ~1.6x slower here)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
+    keep_freed_buffers()
 
 
 def _no_collate(x):

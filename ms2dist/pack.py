@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from ms2dist import TRACKS, __version__
+from ms2dist._malloc import keep_freed_buffers
 from ms2dist.lpd import FORMATS, MIDI_SUFFIXES, RejectError, load_song, song_id_for
 from ms2dist.phrases import (
     DEFAULT_PHRASE_CONFIG,
@@ -181,15 +182,8 @@ _WORKER_CFG: tuple[PhraseConfig, str, str | None] | None = None
 def _init_worker(cfg: PhraseConfig, fmt: str, handover_dir: str | None = None) -> None:
     global _WORKER_CFG
     _WORKER_CFG = (cfg, fmt, handover_dir)
-    if handover_dir is not None:  # a pool process: keep freed song buffers (glibc)
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
-            libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD
-        except (OSError, AttributeError):
-            pass
+    if handover_dir is not None:  # a pool process: keep freed song buffers
+        keep_freed_buffers()
 
 
 def _process(task: tuple[str, int, str, str]) -> SongResult:
