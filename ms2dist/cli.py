@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
               True),
     "sample": ("ms2dist.sample", "generate / restore / interpolate / complete -> MIDI, npz, PNG",
                False),
+    "calibrate": ("ms2dist.calibrate", "fit per-track note thresholds of a model on held-out data",
+                  False),
     "evaluate": ("ms2dist.evaluate", "objective metrics and the paper's Table I", False),
     "registry": ("ms2dist.registry", "list and promote registered models in MLflow", False),
     "demo": ("ms2dist.demo", "the whole pipeline end to end on the embedded default", True),

@@ -55,14 +55,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="phrases of the split used (and samples generated per row)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--binarize", choices=["calibrated", "threshold", "bernoulli"], default=None,
+                   help="which notes are played (default: the model's calibrated per-track "
+                   "thresholds; threshold 0.5 for an uncalibrated model)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="one threshold for every track and model instead")
     p.add_argument("--tracking-uri", default="")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the table to MLflow")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _split_phrases(split: Path, limit: int) -> np.ndarray:
+def split_phrases(split: Path, limit: int) -> np.ndarray:
+    """Up to ``limit`` phrases (bool) of a packed split folder, or of a folder of songs
+    (LPD ``.npz`` / MIDI, e.g. ``lpd5_test_small``: every phrase of every song, in path
+    order)."""
     from ms2dist.data import eval_loader, unpack_phrases
+
+    split = Path(split)
+    if split.is_dir() and not (split / "manifest.json").is_file():
+        return _song_folder_phrases(split, limit)
 
     out, n = [], 0
     for batch in eval_loader(split, 256, rank=0, world_size=1):
@@ -77,25 +88,48 @@ def _split_phrases(split: Path, limit: int) -> np.ndarray:
     return np.concatenate(out)[:limit]
 
 
+def _song_folder_phrases(folder: Path, limit: int) -> np.ndarray:
+    from ms2dist.pack import collect_inputs
+    from ms2dist.sampling import song_phrases
+
+    paths = collect_inputs([folder])
+    if not paths:
+        raise ValueError(f"{folder}: neither a packed split (no manifest.json) nor a folder "
+                         f"of .npz / .mid songs")
+    out, n = [], 0
+    for path in paths:
+        phrases, _ = song_phrases(path)
+        out.append(phrases)
+        n += len(phrases)
+        if n >= limit:
+            break
+    return np.concatenate(out)[:limit]
+
+
 def _batched(fn: Any, n: int, bs: int) -> np.ndarray:
     return np.concatenate([fn(i, min(bs, n - i)) for i in range(0, n, bs)])
 
 
-def evaluate_model(model: Any, data: np.ndarray, *, seed: int, bs: int, threshold: float
+def evaluate_model(model: Any, data: np.ndarray, *, seed: int, bs: int, rule: Any
                    ) -> dict[str, np.ndarray]:
-    """Binary outputs of every row for one model (Dataset excluded)."""
+    """Binary outputs of every row for one model (Dataset excluded); ``rule`` is a
+    :class:`ms2dist.calibration.BinarizeRule` (MSG1 uses its no-refine thresholds)."""
     n = len(data)
     dev = next(model.parameters()).device
+
+    def notes(probs: torch.Tensor, refine: bool, i: int) -> np.ndarray:
+        g = torch.Generator(device=probs.device).manual_seed(seed + i)
+        return rule.apply(probs, refine=refine, generator=g).cpu().numpy()
 
     def gen(refine: bool, fusion: bool = True):
         def f(i: int, k: int) -> np.ndarray:
             g = model.generate if fusion else model.generate_no_fusion
-            return (g(k, seed=seed + i, refine=refine) > threshold).cpu().numpy()
+            return notes(g(k, seed=seed + i, refine=refine), refine, i)
         return f
 
     def restore(i: int, k: int) -> np.ndarray:
         x = torch.as_tensor(data[i:i + k], dtype=torch.float32, device=dev)
-        return (model.restore(x, seed=seed + i) > threshold).cpu().numpy()
+        return notes(model.restore(x, seed=seed + i), True, i)
 
     return {"MSG1": _batched(gen(False), n, bs), "MSG2": _batched(gen(True), n, bs),
             "MSR": _batched(restore, n, bs), "no-fusion": _batched(gen(True, False), n, bs)}
@@ -128,6 +162,53 @@ def table_rows(outputs: dict[str, np.ndarray], data: np.ndarray) -> dict[str, di
         else:  # nothing comparable (e.g. a row without any note) -> nan, never 0
             row["dist"] = float(np.mean(devs)) if devs else math.nan
     return rows
+
+
+# Point 2 of "prior samples are music": per track, generated vs Dataset.
+PRIOR_BOUNDS = {"EB": ("abs", 0.10), "NPB": ("ratio", 1.5), "UPC": ("abs", 1.0),
+                "polyphony": ("ratio", 1.5)}
+
+
+def prior_checks(rows: dict[str, dict[str, float]], row: str = "MSG2") -> dict[str, Any]:
+    """Is each track of ``row`` within the bounds of :data:`PRIOR_BOUNDS` of the Dataset?
+
+    Tracks the data never plays (EB 1) are skipped. Returns ``{"ok": bool, "checks":
+    [{track, metric, data, model, bound, ok}]}``.
+    """
+    ref, got = rows["Dataset"], rows[row]
+    checks = []
+    for t in TRACKS:
+        if not ref.get(f"EB/{t}", 1.0) < 1.0:
+            continue
+        for metric, (kind, bound) in PRIOR_BOUNDS.items():
+            key = f"{metric}/{t}"
+            if key not in ref:
+                continue
+            d, m = ref[key], got.get(key, math.nan)
+            if not (math.isfinite(d) and math.isfinite(m)):
+                ok = False
+            elif kind == "abs":
+                ok = abs(m - d) <= bound
+            else:
+                ok = d > 0 and m > 0 and max(m / d, d / m) <= bound
+            checks.append({"track": t, "metric": metric, "data": d, "model": m,
+                           "bound": f"{'+-' if kind == 'abs' else 'x'}{bound:g}", "ok": ok})
+    return {"row": row, "ok": all(c["ok"] for c in checks), "checks": checks}
+
+
+def closer_count(rows: dict[str, dict[str, float]], a: str, b: str) -> tuple[int, int]:
+    """(columns where row ``a`` is closer to the Dataset than row ``b``, comparable columns)."""
+    ref = rows["Dataset"]
+    wins = total = 0
+    for k, d in ref.items():
+        if k == "dist" or k.startswith("F1/"):
+            continue
+        x, y = rows[a].get(k, math.nan), rows[b].get(k, math.nan)
+        if not all(math.isfinite(v) for v in (d, x, y)):
+            continue
+        total += 1
+        wins += abs(x - d) < abs(y - d)
+    return wins, total
 
 
 def _is_restore_row(name: str) -> bool:
@@ -167,10 +248,27 @@ def write_tables(rows: dict[str, dict[str, float]], out: Path, meta: dict[str, A
         for name, row in rows.items():
             w.writerow([name, *[row.get(c, "") for c in cols]])
     lines = [f"# Table I: objective metrics ({meta['model']} on {meta['data']})", "",
-             f"{meta['n_phrases']} phrases per row, threshold {meta['threshold']}, seed "
+             f"{meta['n_phrases']} phrases per row, notes played by {meta['binarize']}, seed "
              f"{meta['seed']}. `dist`: mean over metrics of |x - d| / (|d| + {DIST_FLOOR}) "
              "against the Dataset row d (lower is closer). Metrics: `ms2dist.metrics` "
-             "(correct chroma; conventions in its docstring).", ""]
+             "(correct chroma; conventions in its docstring; NPB = notes per bar).", ""]
+    if "MSG2" in rows and "MSG1" in rows:
+        w, n = closer_count(rows, "MSG2", "MSG1")
+        order = sorted((r for r in ("MSG1", "MSG2", "MSR") if r in rows),
+                       key=lambda r: rows[r]["dist"] if math.isfinite(rows[r]["dist"]) else 9e9)
+        f1s = [rows["MSR"][f"F1/{t}"] for t in TRACKS
+               if math.isfinite(rows["MSR"].get(f"F1/{t}", math.nan))]
+        lines += [f"- Closest to Dataset first: {' < '.join(order)} (by `dist`).",
+                  f"- MSG2 closer to Dataset than MSG1 on {w} of {n} columns.",
+                  f"- Restore (MSR) note F1, mean over the tracks the data plays: "
+                  f"{np.mean(f1s) if f1s else math.nan:.3f}.", ""]
+        pc = prior_checks(rows)
+        lines += ["## Generated from noise (MSG2) vs Dataset, per track", "",
+                  "| track | metric | Dataset | MSG2 | bound | within |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {c['track']} | {c['metric']} | {c['data']:.3f} | {_fmt(c['model'])} | "
+                  f"{c['bound']} | {'yes' if c['ok'] else '**no**'} |" for c in pc["checks"]]
+        lines.append("")
     groups = [("summary", ["dist"] + [c for c in cols if c.startswith(("DP", "F1/"))]),
               ("EB", [c for c in cols if c.startswith("EB/")]),
               ("UPC", [c for c in cols if c.startswith("UPC/")]),
@@ -220,25 +318,36 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
         if name in extras or name in ("Dataset", "MSG1", "MSG2", "MSR", "no-fusion"):
             return _fail(f"--extra-model {item!r}: the row name {name!r} is already used")
         extras[name] = uri
+    from ms2dist.calibration import CalibrationError, rule_for_model
+
     torch.manual_seed(args.seed)
     try:
-        data = _split_phrases(args.data, args.max_phrases)
+        data = split_phrases(args.data, args.max_phrases)
     except (FileNotFoundError, ValueError) as e:
         return _fail(f"--data {args.data}: {e}")
     outputs: dict[str, np.ndarray] = {}
+    rules: dict[str, str] = {}
     for name, uri in {"": args.model, **extras}.items():
         try:
             model = load_model(uri, device=args.device)
         except (FileNotFoundError, ValueError) as e:
             return _fail(f"{'--extra-model ' + name if name else '--model'}: {e}")
-        rows = evaluate_model(model, data, seed=args.seed, bs=args.batch_size,
-                              threshold=args.threshold)
+        try:
+            rule = rule_for_model(model.ms2dist_meta, args.binarize, args.threshold,
+                                  label=uri)
+        except CalibrationError as e:
+            return _fail(str(e))
+        rules[name or "model"] = rule.describe()
+        rows = evaluate_model(model, data, seed=args.seed, bs=args.batch_size, rule=rule)
         if name:  # an extra model contributes its generator and restore rows
             rows = {f"{name} (MSG2)": rows["MSG2"], f"{name} (MSR)": rows["MSR"]}
         outputs.update(rows)
     table = table_rows(outputs, data)
     meta = {"model": str(args.model), "data": str(args.data), "n_phrases": int(len(data)),
-            "threshold": args.threshold, "seed": args.seed, "extra_models": extras}
+            "binarize": "; ".join(f"{k}: {v}" for k, v in rules.items()) if extras
+            else rules["model"], "threshold": args.threshold, "seed": args.seed,
+            "extra_models": extras, "prior_checks": prior_checks(table),
+            "msg2_closer_than_msg1": closer_count(table, "MSG2", "MSG1")}
     md = write_tables(table, args.out, meta)
     figs = args.out / "figures"
     for name, arr in [("Dataset", data), *outputs.items()]:
@@ -268,6 +377,7 @@ def _log_mlflow(args: argparse.Namespace, md: Path, figs: Path,
     with mlflow.start_run(run_name="table-i", tags={"ms2dist.model": str(args.model),
                                                     "ms2dist.data": str(args.data)}):
         mlflow.log_params({"n_phrases": meta["n_phrases"], "threshold": meta["threshold"],
+                           "binarize": meta["binarize"][:500],
                            "seed": meta["seed"], **{f"extra_model.{k}": v
                                                      for k, v in meta["extra_models"].items()}})
         for name, row in table.items():

@@ -42,6 +42,7 @@ Conventions (the published tables rarely state them; these are ours):
   centroid (circle of fifths r=1, minor thirds r=1, major thirds r=0.5). TD is the
   Euclidean distance between the two tracks' centroids, averaged over the beats where
   both tracks are non-empty.
+* **NPB** (notes per bar): onsets per bar, over every bar (empty bars count as 0).
 * **Polyphony**: mean number of pitches on per *active* step (a step with at least one
   pitch on).
 
@@ -72,6 +73,7 @@ __all__ = [
     "tonal_centroid",
     "tonal_distance",
     "polyphony",
+    "notes_per_bar",
     "compute_all",
 ]
 
@@ -248,6 +250,11 @@ def _td_counts(ca: np.ndarray, cb: np.ndarray) -> tuple[float, int]:
     return float(np.linalg.norm(za - zb, axis=-1).sum()), int(both.sum())
 
 
+def _npb_counts(on: np.ndarray) -> tuple[int, int]:
+    """(onsets, bars): notes per bar over every bar, empty ones included."""
+    return int(on.sum()), int(np.prod(on.shape[:2]))
+
+
 def _poly_counts(x: np.ndarray) -> tuple[int, int]:
     per_step = x.view(np.uint8).sum(-1, dtype=np.uint16)  # pitches on per step
     return int(per_step.sum(dtype=np.int64)), int(np.count_nonzero(per_step))
@@ -389,6 +396,11 @@ def tonal_distance(
     return _ratio(*_td_counts(ca, cb))
 
 
+def notes_per_bar(rolls: np.ndarray) -> float:
+    """Mean number of notes (onsets) per bar, over every bar (empty bars count as 0)."""
+    return _ratio(*_npb_counts(onsets(_as_rolls(rolls))))
+
+
 def polyphony(rolls: np.ndarray) -> float:
     """Mean number of pitches on per active step (a step with at least one pitch on)."""
     return _ratio(*_poly_counts(_as_rolls(rolls)))
@@ -429,7 +441,8 @@ def compute_all(
     -------
     dict[str, float]
         Keys ``EB/<track>``, ``UPC/<track>``, ``QN/<track>``, ``SR/<track>``,
-        ``polyphony/<track>``, ``DP`` and ``TD/<a>-<b>`` (pairs of pitched tracks in
+        ``polyphony/<track>``, ``NPB/<track>`` (notes per bar), ``DP`` and ``TD/<a>-<b>``
+        (pairs of pitched tracks in
         track order). A metric with nothing to measure is ``nan``; the keys never change.
     """
     x = np.asarray(phrases)
@@ -452,7 +465,7 @@ def compute_all(
         keys.append(f"EB/{t}")
         if i in pitched:
             keys += [f"UPC/{t}", f"QN/{t}", f"SR/{t}"]
-        keys.append(f"polyphony/{t}")
+        keys += [f"polyphony/{t}", f"NPB/{t}"]
     if drums:
         keys.append("DP")
     keys += [f"TD/{tracks[a]}-{tracks[b]}" for a, b in pairs]
@@ -476,6 +489,7 @@ def compute_all(
             add(f"EB/{name}", _eb_counts(roll))
             add(f"polyphony/{name}", _poly_counts(roll))
             on = onsets(roll)
+            add(f"NPB/{name}", _npb_counts(on))
             if i in drums:
                 add("DP", _dp_counts(on, dp_grid, dp_tolerance))
                 continue

@@ -21,6 +21,7 @@ from ms2dist.config import from_dict, to_dict
 from ms2dist.models.presets import ModelConfig
 
 __all__ = ["save_model", "load_model", "read_model_config", "resolve_model_dir",
+           "pretrained_models", "PRETRAINED_DIR",
            "update_model_meta", "CONFIG_FILE", "WEIGHTS_FILE"]
 
 CONFIG_FILE = "config.json"
@@ -44,9 +45,27 @@ def save_model(model: torch.nn.Module, cfg: ModelConfig, directory: str | Path,
     return d
 
 
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+
+
+def pretrained_models() -> list[str]:
+    """Names of the models shipped with the package (``pretrained:<name>``)."""
+    if not PRETRAINED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / CONFIG_FILE).is_file())
+
+
 def resolve_model_dir(source: str | Path) -> Path:
-    """A local model directory, a run directory holding ``model/``, or an MLflow URI."""
+    """A local model directory, a run directory holding ``model/``, an MLflow URI, or
+    ``pretrained:<name>`` (a model shipped inside the package)."""
     s = str(source)
+    if s.startswith("pretrained:"):
+        name = s.split(":", 1)[1]
+        d = PRETRAINED_DIR / name
+        if not (d / CONFIG_FILE).is_file() or not (d / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(f"no pretrained model {name!r}; shipped: "
+                                    f"{', '.join(pretrained_models()) or 'none'}")
+        return d
     if s.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
         import mlflow
         from mlflow.exceptions import MlflowException

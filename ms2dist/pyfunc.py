@@ -4,8 +4,11 @@ artifact store is ever executed.
 
 ``predict`` accepts a dict (or a one-row DataFrame) with ``mode``:
 ``{"mode": "generate", "n": 2, "seed": 0, "temperature": 1.0}`` or
-``{"mode": "restore", "phrases": array (N, 4, 48, 84, 5)}``; it returns note
-probabilities as a numpy array ``(N, 4, 48, 84, 5)``.
+``{"mode": "restore", "phrases": array (N, 4, 48, 84, 5)}``; it returns a numpy array
+``(N, 4, 48, 84, 5)``: the notes played (0/1) under the model's calibrated per-track
+thresholds by default (``"binarize"``: ``"calibrated"``, ``"threshold"`` with
+``"threshold": x``, or ``"bernoulli"``), or the note probabilities with
+``"output": "probabilities"``.
 """
 
 from __future__ import annotations
@@ -43,7 +46,18 @@ class MidiSandwich2Pyfunc:
                 out = self.model.restore(x, sample=False)
             else:
                 raise ValueError(f"predict: unknown mode {mode!r} (generate or restore)")
-        return out.cpu().numpy()
+        output = req.get("output", "notes")
+        if output == "probabilities":
+            return out.cpu().numpy()
+        if output != "notes":
+            raise ValueError(f"predict: unknown output {output!r} (notes or probabilities)")
+        from ms2dist.calibration import rule_for_model
+
+        threshold = req.get("threshold")
+        rule = rule_for_model(getattr(self.model, "ms2dist_meta", {}), req.get("binarize"),
+                              None if threshold is None else float(threshold))
+        g = torch.Generator().manual_seed(int(req.get("seed", 0)))
+        return rule.apply(out.cpu(), generator=g).to(torch.float32).numpy()
 
 
 def _load_pyfunc(data_path: str) -> MidiSandwich2Pyfunc:

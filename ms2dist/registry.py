@@ -7,6 +7,7 @@ version it was trained on. New versions get alias ``candidate``; ``promote`` mov
 
     ms2dist registry list
     ms2dist registry promote midi-sandwich2 3
+    ms2dist registry import pretrained:lpd5      # the shipped model, as @champion
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from typing import Any
 
 from ms2dist import __version__
 
-__all__ = ["REGISTERED_NAMES", "log_and_register", "list_models", "promote", "add_arguments",
-           "main", "stage1_lineage", "parse_models_uri"]
+__all__ = ["REGISTERED_NAMES", "log_and_register", "import_model", "list_models", "promote",
+           "add_arguments", "main", "stage1_lineage", "parse_models_uri"]
 
 REGISTERED_NAMES = {"stage1": "ms2-bvae", "stage2": "midi-sandwich2"}
 ARTIFACT = "ms2dist-model"
@@ -156,9 +157,57 @@ def promote(name: str, version: str, alias: str = "champion", tracking_uri: str 
     client.set_registered_model_alias(name, alias, version)
 
 
+def import_model(source: str, alias: str = "champion", tracking_uri: str = "") -> str:
+    """Register a local or shipped model (``pretrained:lpd5``) as a ``midi-sandwich2``
+    version in its own MLflow run, with ``alias``; returns "name/version".
+
+    The model is copied first: registering writes its version into the copy's
+    config.json, never into the installed package.
+    """
+    import shutil
+    import tempfile
+
+    import mlflow
+
+    from ms2dist.modelio import read_model_config, resolve_model_dir
+    from ms2dist.tracking import (
+        _get_or_create_experiment,
+        check_tracking_server,
+        resolve_tracking_uri,
+    )
+
+    src = resolve_model_dir(source)
+    _, meta = read_model_config(src)
+    if meta.get("stage") != "stage2":
+        raise ValueError(f"{source} is a {meta.get('stage')} model; only full (stage-2) "
+                         f"models can be imported as midi-sandwich2")
+    uri = resolve_tracking_uri(tracking_uri)
+    check_tracking_server(uri)
+    mlflow.set_tracking_uri(uri)
+    exp = _get_or_create_experiment(mlflow, "ms2dist", uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "model"
+        shutil.copytree(src, model_dir)
+        tags = {"ms2dist.stage": "import", "ms2dist.imported_from": str(source),
+                "ms2dist.version": __version__}
+        with mlflow.start_run(experiment_id=exp.experiment_id,
+                              run_name=f"import-{Path(str(source)).name}", tags=tags):
+            cal = meta.get("calibration") or {}
+            mlflow.log_params({f"calibration.threshold.{t}": round(v, 5)
+                               for t, v in (cal.get("thresholds") or {}).items()})
+            version = log_and_register(model_dir, "stage2", register=True)
+    name, ver = version.split("/")
+    from mlflow import MlflowClient
+
+    MlflowClient().set_registered_model_alias(name, alias, ver)
+    return version
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["list", "promote"])
-    p.add_argument("name", nargs="?", help="registered model name (promote)")
+    p.add_argument("action", choices=["list", "promote", "import"],
+                   help="list versions; promote NAME VERSION; import MODEL (a model directory "
+                   "or pretrained:lpd5) as a new midi-sandwich2 version")
+    p.add_argument("name", nargs="?", help="registered model name (promote) or model (import)")
     p.add_argument("version", nargs="?", help="version number (promote)")
     p.add_argument("--alias", default="champion")
     p.add_argument("--tracking-uri", default="")
@@ -181,6 +230,19 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.action == "import":
+        if not args.name:
+            print("usage: ms2dist registry import MODEL (e.g. pretrained:lpd5)", file=sys.stderr)
+            return 2
+        try:
+            version = import_model(args.name, args.alias, args.tracking_uri)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"ms2dist registry import: error: {e}", file=sys.stderr)
+            return 2
+        name, ver = version.split("/")
+        print(f"imported {args.name} as {name} version {ver}; models:/{name}@{args.alias} "
+              f"now points to it")
+        return 0
     if args.action == "promote":
         if not args.name or not args.version:
             print("usage: ms2dist registry promote NAME VERSION", file=sys.stderr)

@@ -36,8 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="auto", choices=["auto", "lpd5", "lpd", "midi"])
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--keep", default="Piano", help="complete: comma-separated tracks to keep")
-    p.add_argument("--binarize", choices=["threshold", "bernoulli"], default="threshold")
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--binarize", choices=["calibrated", "threshold", "bernoulli"], default=None,
+                   help="which notes are played: the model's per-track thresholds fitted on "
+                   "held-out data (default when it has them), one --threshold, or Bernoulli "
+                   "draws")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="play every note with probability above this (all tracks)")
     p.add_argument("--no-refine", action="store_true", help="skip the refine net (MSG1)")
     p.add_argument("--tempo", type=float, default=None, help="BPM (default: input's, or 100)")
     p.add_argument("--no-png", action="store_true")
@@ -50,8 +54,8 @@ def _fail(msg: str) -> int:
 
 
 def main(args: argparse.Namespace, extra: list[str]) -> int:
+    from ms2dist.calibration import CalibrationError, rule_for_model
     from ms2dist.modelio import load_model
-    from ms2dist.models import binarize
     from ms2dist.sampling import DEFAULT_BPM, song_phrases, write_outputs
 
     # Check the arguments before the (slow) model and song loading.
@@ -83,7 +87,15 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
         model = load_model(args.model, device=args.device)
     except (FileNotFoundError, ValueError) as e:
         return _fail(f"--model: {e}")
-    stage = getattr(model, "ms2dist_meta", {}).get("stage")
+    meta = getattr(model, "ms2dist_meta", {})
+    try:
+        rule = rule_for_model(meta, args.binarize, args.threshold, label=str(args.model))
+    except CalibrationError as e:
+        return _fail(str(e))
+    if rule.rule == "threshold" and args.threshold is None and args.binarize is None:
+        print(f"ms2dist sample: warning: {args.model} has no calibrated thresholds; using "
+              f"threshold 0.5 (fit them with `ms2dist calibrate`)", file=sys.stderr)
+    stage = meta.get("stage")
     if stage == "stage1" and args.mode != "no-fusion":
         print(f"ms2dist sample: warning: {args.model} is a stage-1 model (its MFG-VAE is "
               f"untrained); only --mode no-fusion is meaningful", file=sys.stderr)
@@ -115,19 +127,25 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
                       titles=[f"input phrase {i}" for i in range(len(x))],
                       pictures=not args.no_png)
     g = torch.Generator(device=probs.device).manual_seed(args.seed)
-    binary = binarize(probs, mode=args.binarize, threshold=args.threshold, generator=g) > 0.5
+    binary = rule.apply(probs, refine=refine, generator=g)
     if kept is not None:
         # The kept tracks come back exactly as given, whatever the binariser does.
         binary[..., kept] = x[..., kept] > 0.5
+    how = rule.describe(refine)
+    titles = [f"{t}, {how}" for t in (titles or [f"{args.mode} {i}" for i in range(len(probs))])]
     index = write_outputs(probs.float().cpu().numpy(), binary.cpu().numpy(), args.out,
                           args.mode, bpm=bpm, titles=titles, pictures=not args.no_png)
     summary = {"model": str(args.model), "mode": args.mode, "seed": args.seed,
                "n": len(index), "inputs": [str(p) for p in args.input], "tempo_bpm": bpm,
-               "binarize": args.binarize, "threshold": args.threshold,
+               "binarize": rule.to_json(refine), "threshold": args.threshold,
                "temperature": args.temperature, "refine": refine,
                "keep": [TRACKS[k] for k in kept] if kept is not None else None,
                "files": index}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    for entry in index:
+        counts = entry["notes_per_track"]
+        print(f"{Path(entry['midi']).name}: " + ", ".join(f"{t} {counts[t]}" for t in TRACKS)
+              + f" notes ({sum(counts.values())} in all)")
     print(f"wrote {len(index)} {args.mode} sample(s) to {args.out} "
-          f"(.mid, .npz{'' if args.no_png else ', .png'})")
+          f"(.mid, .npz{'' if args.no_png else ', .png'}); notes played by {how}")
     return 0

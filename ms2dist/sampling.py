@@ -16,7 +16,8 @@ import torch
 
 from ms2dist import TRACKS
 
-__all__ = ["write_outputs", "save_npz", "song_phrases", "log_sample_artifacts", "DEFAULT_BPM"]
+__all__ = ["write_outputs", "notes_per_track", "save_npz", "song_phrases", "log_sample_artifacts",
+           "DEFAULT_BPM"]
 
 DEFAULT_BPM = 100.0
 
@@ -54,6 +55,15 @@ def save_npz(path: Path, **arrays: Any) -> None:
             zf.writestr(info, buf.getvalue())
 
 
+def notes_per_track(roll: np.ndarray) -> dict[str, int]:
+    """Notes (maximal runs of on-steps of one pitch, as in MIDI) per track of one phrase
+    ``(bars, T, P, tracks)``: what a listener hears, not the count of on-cells."""
+    x = np.asarray(roll) != 0
+    x = x.reshape(-1, *x.shape[-2:])  # (time, pitch, tracks)
+    starts = x & ~np.concatenate([np.zeros_like(x[:1]), x[:-1]], axis=0)
+    return {t: int(n) for t, n in zip(TRACKS, starts.sum((0, 1)).tolist(), strict=True)}
+
+
 def write_outputs(probs: np.ndarray, binary: np.ndarray, out: Path, prefix: str,
                   bpm: float = DEFAULT_BPM, titles: list[str] | None = None,
                   pictures: bool = True) -> list[dict[str, Any]]:
@@ -82,7 +92,7 @@ def write_outputs(probs: np.ndarray, binary: np.ndarray, out: Path, prefix: str,
                  lowest_pitch=np.int64(24), steps_per_beat=np.int64(12),
                  tempo_bpm=np.float64(bpm))
         entry = {"midi": str(stem.with_suffix(".mid")), "npz": str(stem.with_suffix(".npz")),
-                 "notes_on": int(binary[i].sum())}
+                 "notes_on": int(binary[i].sum()), "notes_per_track": notes_per_track(binary[i])}
         if pictures:
             title = titles[i] if titles else f"{prefix} {i}"
             plot_pianoroll(roll, stem.with_suffix(".png"), title=title)
@@ -101,11 +111,16 @@ def _first_val_phrases(val_dir: Path, n: int) -> torch.Tensor:
 
 
 def log_sample_artifacts(mlflow: Any, model: Any, stage: str, step: int, val_dir: Path,
-                         n: int = 2) -> None:
+                         n: int = 2, rule: Any = None) -> None:
     """PNG + MIDI of validation reconstructions (and generated samples in stage 2)."""
     import tempfile
 
-    from ms2dist.models import binarize
+    from ms2dist.calibration import BinarizeRule
+
+    rule = rule or BinarizeRule()
+
+    def binarize(p: torch.Tensor) -> torch.Tensor:
+        return rule.apply(p).float()
 
     was_training = model.training
     model.eval()
@@ -120,13 +135,14 @@ def log_sample_artifacts(mlflow: Any, model: Any, stage: str, step: int, val_dir
                 rec = model.restore(x, sample=False)
             rec_np = rec.float().cpu().numpy()
             write_outputs(rec_np, binarize(rec).cpu().numpy(), Path(tmp), "recon",
-                          titles=[f"reconstruction {i} @ step {step}" for i in range(n)])
+                          titles=[f"reconstruction {i} @ step {step}, {rule.describe()}"
+                                  for i in range(n)])
             write_outputs(x.cpu().numpy(), x.cpu().numpy() > 0.5, Path(tmp), "target")
             if stage == "stage2":
                 gen = model.generate(n, seed=step)
                 write_outputs(gen.float().cpu().numpy(), binarize(gen).cpu().numpy(), Path(tmp),
-                              "generated", titles=[f"generated {i} @ step {step}"
-                                                   for i in range(n)])
+                              "generated", titles=[f"generated {i} @ step {step}, "
+                                                   f"{rule.describe()}" for i in range(n)])
             mlflow.log_artifacts(tmp, artifact_path=f"samples/step_{step:09d}")
     finally:
         model.train(was_training)

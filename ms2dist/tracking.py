@@ -195,19 +195,25 @@ class RunTracker:
             clean = {k.replace("@", "_"): float(v) for k, v in metrics.items()}
             self._mlflow.log_metrics(clean, step=step)
 
-    def log_samples(self, model: Any, step: int, val_dir: Path) -> None:
-        """Pianoroll PNGs of validation reconstructions and generated samples, + MIDI."""
+    def log_params(self, params: dict[str, Any]) -> None:
+        if self.enabled and self._mlflow:
+            self._mlflow.log_params({k: str(v) for k, v in params.items()})
+
+    def log_samples(self, model: Any, step: int, val_dir: Path, rule: Any = None,
+                    final: bool = False) -> None:
+        """Pianoroll PNGs of validation reconstructions and generated samples, + MIDI.
+
+        Every ``sample_every`` steps, and once at the end of stage 2 (``final``, called
+        after calibration so the pictures use the thresholds the model ships with)."""
         if not self.enabled or not self._mlflow:
             return
         every = self.cfg.tracking.sample_every
-        total = self.job.cfg.train.stage2_steps if self.job.stage == "stage2" else None
-        last = total is not None and step >= total
-        if not (every and step % every == 0) and not last:
+        if not final and not (every and step % every == 0):
             return
         try:
             from ms2dist.sampling import log_sample_artifacts
 
-            log_sample_artifacts(self._mlflow, model, self.job.stage, step, val_dir)
+            log_sample_artifacts(self._mlflow, model, self.job.stage, step, val_dir, rule=rule)
         except Exception as e:  # noqa: BLE001 - pictures must never kill a training run
             print(f"[ms2dist] warning: could not log samples at step {step}: {e}",
                   file=sys.stderr)

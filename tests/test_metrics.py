@@ -302,12 +302,24 @@ def test_every_metric_of_no_phrases_is_nan(fn):
     assert math.isnan(fn(empty(0)))
 
 
+def test_notes_per_bar_counts_onsets_over_every_bar():
+    x = empty(2)  # 2 phrases x 4 bars = 8 bars
+    x[0, 0, 0:6, 10] = True  # one note of 6 steps
+    x[0, 0, 10:12, 10] = True  # a second note, same pitch
+    x[0, 1, 47, 20] = True  # a note held across the bar line counts once, in bar 1
+    x[0, 2, 0:3, 20] = True
+    x[1, 3, 5, 30:33] = True  # a 3-note chord
+    assert M.notes_per_bar(x) == pytest.approx(6 / 8)
+    assert M.notes_per_bar(empty(1)) == 0.0
+
+
 # ---------------------------------------------------------------------- compute_all
 
 
 def _keys(tracks=TRACKS) -> set[str]:
     pitched = [t for t in tracks if t != "Drums"]
     keys = {f"EB/{t}" for t in tracks} | {f"polyphony/{t}" for t in tracks} | {"DP"}
+    keys |= {f"NPB/{t}" for t in tracks}
     for t in pitched:
         keys |= {f"UPC/{t}", f"QN/{t}", f"SR/{t}"}
     for i, a in enumerate(pitched):
@@ -326,9 +338,10 @@ def test_compute_all_matches_single_functions():
     x[2, 1, :, :, 3] = False  # some empty bars
     r = M.compute_all(x, batch_size=3)
     assert set(r) == _keys()
-    assert len(r) == 5 * 2 + 4 * 3 + 1 + 6
+    assert len(r) == 5 * 3 + 4 * 3 + 1 + 6
     for k, t in enumerate(TRACKS):
         assert r[f"EB/{t}"] == pytest.approx(M.empty_bar_rate(x[..., k]))
+        assert r[f"NPB/{t}"] == pytest.approx(M.notes_per_bar(x[..., k]))
         assert r[f"polyphony/{t}"] == pytest.approx(M.polyphony(x[..., k]))
     for k, t in list(enumerate(TRACKS))[1:]:
         assert r[f"UPC/{t}"] == pytest.approx(M.used_pitch_classes(x[..., k]))
@@ -362,8 +375,8 @@ def test_compute_all_empty_input_gives_nan_not_crash():
     r0 = M.compute_all(np.zeros((0, BARS, STEPS, PITCHES, 5), bool))
     assert all(math.isnan(v) for v in r0.values())
     r3 = M.compute_all(np.zeros((3, BARS, STEPS, PITCHES, 5), bool))
-    assert all(r3[f"EB/{t}"] == 1.0 for t in TRACKS)
-    assert all(math.isnan(v) for k, v in r3.items() if not k.startswith("EB/"))
+    assert all(r3[f"EB/{t}"] == 1.0 and r3[f"NPB/{t}"] == 0.0 for t in TRACKS)
+    assert all(math.isnan(v) for k, v in r3.items() if not k.startswith(("EB/", "NPB/")))
 
 
 def test_compute_all_single_phrase_and_custom_tracks():
@@ -376,11 +389,13 @@ def test_compute_all_single_phrase_and_custom_tracks():
         "QN/Piano",
         "SR/Piano",
         "polyphony/Piano",
+        "NPB/Piano",
         "EB/Guitar",
         "UPC/Guitar",
         "QN/Guitar",
         "SR/Guitar",
         "polyphony/Guitar",
+        "NPB/Guitar",
         "TD/Piano-Guitar",
     }
     with pytest.raises(ValueError):

@@ -165,8 +165,9 @@ def _sample(model_dir: Path, out: Path, *args: str | Path) -> Path:
 def _sample_inproc(model_dir: Path, out: Path, *args: str | Path) -> int:
     from ms2dist.cli import main
 
-    return main(["sample", "--model", str(model_dir), "--out", str(out), "--threshold",
-                 THRESHOLD, "--device", "cpu", *map(str, args)])
+    rule = [] if "--binarize" in args else ["--threshold", THRESHOLD]
+    return main(["sample", "--model", str(model_dir), "--out", str(out), *rule,
+                 "--device", "cpu", *map(str, args)])
 
 
 # ------------------------------------------------------------------------- modes

@@ -31,7 +31,8 @@ from tests.conftest import REPO
 CPU_CONFIG = REPO / "launch_configs" / "cpu_multiprocess.yaml"
 TINY = ["--config", "tiny", "--train.vrae_steps=4", "--train.refine_steps=2",
         "--train.stage2_steps=4", "--train.eval_every=100", "--train.log_every=2",
-        "--train.checkpoint_every=2", "--data.num_workers=0", "--train.eval_at_start=false"]
+        "--train.checkpoint_every=2", "--data.num_workers=0", "--train.eval_at_start=false",
+        "--data.batch_size=8"]
 
 
 def _free_port() -> int:
@@ -387,8 +388,10 @@ LOAD_SCRIPT = """
 import sys, numpy as np, mlflow.pyfunc
 from ms2dist.modelio import load_model
 uri = sys.argv[1]
-out = mlflow.pyfunc.load_model(uri).predict({"mode": "generate", "n": 2, "seed": 0})
+pf = mlflow.pyfunc.load_model(uri)
+out = pf.predict({"mode": "generate", "n": 2, "seed": 0, "output": "probabilities"})
 np.save("pyfunc.npy", out)
+np.save("pyfunc_notes.npy", pf.predict({"mode": "generate", "n": 2, "seed": 0}))
 np.save("modelio.npy", load_model(uri).generate(2, seed=0).numpy())
 """
 
@@ -411,12 +414,20 @@ def test_load_champion_in_fresh_process(trained, store, planted, tmp_path) -> No
     for name in ("pyfunc.npy", "modelio.npy"):
         np.testing.assert_allclose(np.load(fresh / name), expected, rtol=1e-5, atol=1e-6,
                                    err_msg=name)
+    # By default predict plays the notes the model's calibrated thresholds select.
+    from ms2dist.calibration import rule_for_model
+
+    model = load_model(trained.s2 / "model")
+    assert model.ms2dist_meta["calibration"]["thresholds"]
+    notes = rule_for_model(model.ms2dist_meta).apply(torch.as_tensor(expected)).numpy()
+    np.testing.assert_array_equal(np.load(fresh / "pyfunc_notes.npy"), notes)
     out = tmp_path / "samples"
     cli(["sample", "--model", uri, "--mode", "generate", "--n", "2", "--seed", "0", "--out",
          out, "--no-png"], cwd=fresh, env=env)
     assert len(list(out.rglob("*.mid"))) == 2
     assert not planted.exists(), "loading the model executed a planted pickle"
-    assert sorted(p.name for p in fresh.iterdir()) == ["modelio.npy", "pyfunc.npy"]
+    assert sorted(p.name for p in fresh.iterdir()) == ["modelio.npy", "pyfunc.npy",
+                                                       "pyfunc_notes.npy"]
 
 
 # ---- 5. an unreachable server fails before any step ------------------------------------

@@ -18,8 +18,10 @@ from tests.conftest import REPO, run_ms2dist
 
 CPU_CONFIG = REPO / "launch_configs" / "cpu_multiprocess.yaml"
 # Small, fast and deterministic: tiny preset, a few dozen steps, no DataLoader workers.
+# The toy optimisation (batch 8, lr 1e-2) memorises two songs in a few dozen steps.
 FAST = ["--config", "tiny", "--data.num_workers=0", "--train.log_every=2",
-        "--train.checkpoint_every=4"]
+        "--train.checkpoint_every=4", "--data.batch_size=8", "--optim.lr=1e-2",
+        "--optim.refine_lr=1e-2"]
 
 
 def launch_cmd(n: int, args: list[str]) -> list[str]:

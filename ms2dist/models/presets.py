@@ -12,6 +12,9 @@ Three presets:
   RepeatVector). The code switched the refiner off; we keep it on so the preset stays
   comparable (set ``bvae.refine.n_units=0`` and use ``refine=False`` paths to mimic it).
 - ``tiny``: the same code paths at toy width, so CPU tests train in seconds.
+- ``small``: the CPU-sized preset (the shipped pretrained model): bar-level BVAEs with a
+  decoder clock (position embedding), latent 32 / hidden 96 per track, and a wide MFG-VAE
+  (latent 64), so restores through the fusion level keep what the BVAEs encode.
 
 Unknown keys are rejected by ``ms2dist.config.from_dict``, so YAML files and
 ``--model.bvae.latent=32`` style overrides work on this tree unchanged.
@@ -99,6 +102,16 @@ PRESETS: dict[str, ModelConfig] = {
             refine=RefineConfig(channels=4, n_units=1),
         ),
         mfg=MFGConfig(latent=16, hidden=32, project_dim=8),
+    ),
+    "small": ModelConfig(
+        bvae=BVAEConfig(
+            latent=32,
+            hidden=96,
+            bar_level=True,
+            decoder_position_dim=16,
+            refine=RefineConfig(channels=4, n_units=1),
+        ),
+        mfg=MFGConfig(latent=64, hidden=128, project_dim=16),
     ),
 }
 

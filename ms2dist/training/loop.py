@@ -369,5 +369,20 @@ def _export(job: TrainJob, cfg: RunConfig, accelerator: Any, objective: Any, mod
     meta = {"stage": job.stage, "trained_tracks": trained, "preset": cfg.preset,
             "data_manifest_sha256": manifest_sha(job.data), **s2_meta}
     out = save_model(model, cfg.model, job.out / "model", meta)
+    if job.stage == "stage2":
+        # Every full model leaves training calibrated: per-track thresholds fitted on the val
+        # split (ms2dist.calibration), the default rule of sample / evaluate / pyfunc.
+        from ms2dist.calibrate import calibrate_dir
+
+        cal = calibrate_dir(out, model, job.data / "val", seed=cfg.train.seed)
+        tracker.log_params({f"calibration.threshold.{t}": round(v, 5)
+                            for t, v in cal["thresholds"].items()})
+        print(f"[ms2dist] calibrated thresholds {json.dumps(cal['thresholds'])}",
+              file=sys.stderr, flush=True)
+        from ms2dist.calibration import rule_for_model
+
+        with torch.random.fork_rng(devices=[]):
+            tracker.log_samples(model, cfg.train.stage2_steps, job.data / "val",
+                                rule=rule_for_model({"calibration": cal}), final=True)
     tracker.log_model(out, job.stage)
     print(f"[ms2dist] {job.stage} model written to {out}", file=sys.stderr, flush=True)
