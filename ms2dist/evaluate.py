@@ -275,7 +275,8 @@ def write_tables(rows: dict[str, dict[str, float]], out: Path, meta: dict[str, A
               ("QN", [c for c in cols if c.startswith("QN/")]),
               ("SR", [c for c in cols if c.startswith("SR/")]),
               ("TD", [c for c in cols if c.startswith("TD/")]),
-              ("polyphony", [c for c in cols if c.startswith("polyphony/")])]
+              ("polyphony", [c for c in cols if c.startswith("polyphony/")]),
+              ("notes per bar (NPB)", [c for c in cols if c.startswith("NPB/")])]
     for title, gcols in groups:
         if not gcols:
             continue
