@@ -352,7 +352,9 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     md = write_tables(table, args.out, meta)
     figs = args.out / "figures"
     for name, arr in [("Dataset", data), *outputs.items()]:
-        write_outputs(arr[:1].astype(np.float32), arr[:1], figs, _slug(name), titles=[name])
+        how = "" if name == "Dataset" else f", {meta['binarize']}"
+        write_outputs(arr[:1].astype(np.float32), arr[:1], figs, _slug(name),
+                      titles=[f"{name}{how}"])
     print(md.read_text())
     if not args.no_mlflow:
         from ms2dist.tracking import TrackingUnavailable

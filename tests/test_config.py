@@ -52,3 +52,11 @@ def test_yaml_round_trip(tmp_path):
     p.write_text("inner: {bogus: 1}\n")
     with pytest.raises(ConfigError, match=str(p)):
         load_yaml(Outer, p)
+
+
+def test_scientific_notation_is_a_number() -> None:
+    # PyYAML (YAML 1.1) reads "3e-3" as a string; float fields must still take it.
+    cfg = apply_overrides(Outer(), ["--inner.lr=3e-3"])
+    assert cfg.inner.lr == 0.003
+    with pytest.raises(ConfigError, match="expected a number"):
+        apply_overrides(Outer(), ["--inner.lr=fast"])

@@ -60,3 +60,59 @@ def test_demo_fails_loudly_on_a_bad_step(tmp_path: Path) -> None:
                        check=False, timeout=300)
     assert proc.returncode != 0
     assert "demo step 'pack' failed" in (proc.stderr + proc.stdout)
+
+
+@pytest.mark.data
+def test_music_check_fails_a_silent_model(packed_small: Path, tmp_path: Path) -> None:
+    """The demo's verdict on a model that plays nothing: every generated sample is named,
+    and the restore F1 floor fails; the same check passes the real data itself."""
+    import torch
+
+    from ms2dist import TRACKS
+    from ms2dist.calibration import fit_thresholds
+    from ms2dist.demo import check_music
+    from ms2dist.evaluate import split_phrases
+    from ms2dist.modelio import save_model
+    from ms2dist.models import MidiSandwich2, get_preset
+
+    torch.manual_seed(0)
+    cfg = get_preset("tiny")
+    model = MidiSandwich2(cfg).eval()
+    with torch.no_grad():
+        for b in model.bvaes:  # every probability underflows to exactly 0
+            b.refine.head[1].bias.fill_(-1000.0)
+    val = split_phrases(packed_small / "val", 64)
+    cal = fit_thresholds(model, val, n_samples=8)
+    assert all(t >= 1e-6 for t in cal["thresholds"].values())  # no cut below "never"
+    silent = tmp_path / "silent"
+    save_model(model, cfg, silent, meta={"stage": "stage2", "trained_tracks": list(TRACKS),
+                                         "calibration": cal})
+    out = tmp_path / "out"
+    run_ms2dist(["sample", "--model", silent, "--n", "2", "--out", out / "generate",
+                 "--no-png"], env={"OMP_NUM_THREADS": "1"})
+    run_ms2dist(["evaluate", "--model", silent, "--data", packed_small / "test", "--out",
+                 out / "eval", "--max-phrases", "8", "--no-mlflow"], env={"OMP_NUM_THREADS": "1"})
+    verdict = check_music(out / "generate", packed_small / "train", out / "eval" / "table_i.json",
+                          0.5)
+    played = verdict["played_tracks"]
+    assert played == list(TRACKS)  # the LPD-5 test songs play all five tracks
+    assert len(verdict["problems"]) == 3, verdict["problems"]
+    for i, problem in enumerate(verdict["problems"][:2]):
+        assert problem == f"generate_{i:03d}.mid has no notes in {', '.join(played)}"
+    assert "mean restore F1 0.000 is below 0.50" in verdict["problems"][2]
+    assert any("generate_001.mid: Drums 0, Piano 0" in ln for ln in verdict["lines"])
+
+    # A model that plays: the real phrases themselves written as "samples" pass.
+    import json
+
+    from ms2dist.sampling import write_outputs
+
+    full = val[val.any(axis=(1, 2, 3)).all(-1)][:2]  # phrases playing all five tracks
+    assert len(full) == 2
+    real = tmp_path / "real"
+    write_outputs(full.astype("float32"), full, real, "generate", pictures=False)
+    table = json.loads((out / "eval" / "table_i.json").read_text())
+    table["rows"]["MSR"].update({f"F1/{t}": 0.7 for t in TRACKS})
+    (tmp_path / "t.json").write_text(json.dumps(table))
+    ok = check_music(real, packed_small / "train", tmp_path / "t.json", 0.5)
+    assert ok["problems"] == [] and ok["restore_f1_mean"] == pytest.approx(0.7)

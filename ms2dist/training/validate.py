@@ -35,6 +35,21 @@ def _counts(probs: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> t
     return torch.stack([tp, fp, fn]).double()
 
 
+def _matched_counts(probs: torch.Tensor, target: torch.Tensor,
+                    valid: torch.Tensor) -> torch.Tensor:
+    """tp, fp, fn when the k most probable cells are played, k = the true notes' count.
+
+    Threshold-free: it measures whether the model puts its mass in the right places even
+    while every probability is still below 0.5 (early training, the all-silent start)."""
+    p = probs[valid].flatten().float()
+    y = target[valid].flatten() > 0.5
+    k = int(y.sum())
+    if k == 0:
+        return torch.zeros(3, dtype=torch.float64, device=probs.device)
+    tp = y[torch.topk(p, k).indices].sum()
+    return torch.stack([tp, k - tp, k - tp]).double()
+
+
 def validate(*args: Any, **kwargs: Any) -> dict[str, float]:
     """See :func:`_validate`. Runs on a forked RNG: validating (which samples latents)
     must not shift the training stream's randomness, or a run that validated at step k
@@ -53,7 +68,8 @@ def _validate(stage: str, model: Any, objective: Any, split_dir: Path, accelerat
     model.eval()
     device = accelerator.device
     nt = len(TRACKS)
-    counts = torch.zeros(nt, 2, 3, dtype=torch.float64, device=device)  # [track, refine?, tp/fp/fn]
+    # [track, (raw, refined, refined top-k matched), tp/fp/fn]
+    counts = torch.zeros(nt, 3, 3, dtype=torch.float64, device=device)
     loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # [loss*n, n]
     # per track: [vrae_bce, refine_bce, kl, 1] x valid rows
     losses = torch.zeros(nt, 4, dtype=torch.float64, device=device)
@@ -79,6 +95,7 @@ def _validate(stage: str, model: Any, objective: Any, split_dir: Path, accelerat
                 for j, refine in enumerate((False, True)):
                     probs, _, _ = bvae(x[..., t], sample=False, refine=refine)
                     counts[t, j] += _counts(probs, x[..., t], valid)
+                counts[t, 2] += _matched_counts(probs, x[..., t], valid)
         else:
             mu, logvar = bvae_posteriors(model, x)
             probs = model.restore(x, sample=False)
@@ -86,6 +103,7 @@ def _validate(stage: str, model: Any, objective: Any, split_dir: Path, accelerat
             for t in range(nt):
                 counts[t, 0] += _counts(probs_raw[..., t], x[..., t], valid)
                 counts[t, 1] += _counts(probs[..., t], x[..., t], valid)
+                counts[t, 2] += _matched_counts(probs[..., t], x[..., t], valid)
             if n_valid > 0:
                 from ms2dist.models.losses import stage2_loss_from_latents
 
@@ -100,15 +118,18 @@ def _validate(stage: str, model: Any, objective: Any, split_dir: Path, accelerat
     ids = track_ids if stage == "stage1" else range(nt)
     f1s = []
     for t in ids:
+        name = TRACKS[t]
+        out[f"val/f1_matched/{name}"] = float(f1_from_counts(*counts[t, 2])[2])
         for j, suffix in enumerate(("_raw", "")):
             p, r, f1 = f1_from_counts(*counts[t, j])
-            name = TRACKS[t]
             out[f"val/precision{suffix}/{name}"] = float(p)
             out[f"val/recall{suffix}/{name}"] = float(r)
             out[f"val/f1{suffix}/{name}"] = float(f1)
             if suffix == "":
                 f1s.append(float(f1))
     out["val/f1_mean"] = sum(f1s) / max(1, len(f1s))
+    matched = [out[f"val/f1_matched/{TRACKS[t]}"] for t in ids]
+    out["val/f1_matched_mean"] = sum(matched) / max(1, len(matched))
     if stage == "stage1":
         for t in track_ids:
             if losses[t, 3] > 0:
