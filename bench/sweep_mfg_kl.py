@@ -45,7 +45,7 @@ def main() -> int:
         if not (d / "s2" / "model" / "config.json").is_file():
             run(["train", "stage2", "--config", args.config, "--data", args.data, "--out",
                  d / "s2", "--stage1", args.stage1, "--tracking.enabled=false",
-                 f"--train.kl_weight={w}", f"--train.stage2_steps={args.steps}",
+                 f"--train.stage2_kl_weight={w}", f"--train.stage2_steps={args.steps}",
                  f"--train.eval_every={args.steps}", f"--train.checkpoint_every={args.steps}",
                  f"--train.seed={args.seed}"], d / "stage2.log")
         run(["evaluate", "--model", d / "s2", "--data", args.data / "val", "--out", d / "eval",

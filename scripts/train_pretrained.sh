@@ -27,7 +27,7 @@ ms() { "$PY" -m ms2dist "$@"; }
      "--train.seed=$SEED" --tracking.register=false
 [ -f "$WORK/stage2/model/config.json" ] || \
   ms train stage2 --config "$PRESET" --data "$WORK/shards" --out "$WORK/stage2" \
-     --stage1 "$WORK/stage1" "--train.seed=$SEED" "--train.kl_weight=$MFG_KL" \
+     --stage1 "$WORK/stage1" "--train.seed=$SEED" "--train.stage2_kl_weight=$MFG_KL" \
      --tracking.register=false
 # Per-track thresholds fitted on the val split (stored in config.json), then the package copy.
 ms calibrate --model "$WORK/stage2" --data "$WORK/shards/val" --seed "$SEED"

@@ -265,7 +265,8 @@ def train(job: TrainJob) -> int:
                 phase == "refine" and g.get("name") == "vrae")
             g["lr"] = 0.0 if idle else _lr_at(step, base, cfg, total)
         warm = cfg.train.kl_warmup_steps
-        kl_w = cfg.train.kl_weight * (min(1.0, (step + 1) / warm) if warm > 0 else 1.0)
+        weight = cfg.train.stage2_kl_weight if job.stage == "stage2" else cfg.train.kl_weight
+        kl_w = weight * (min(1.0, (step + 1) / warm) if warm > 0 else 1.0)
         for _ in range(accum):
             # The loader draws DataLoader seeds from the global RNG at every epoch start;
             # shielding it keeps the model's noise a function of the step alone (exact resume).
