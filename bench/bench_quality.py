@@ -35,6 +35,11 @@ SPLIT = {"vrae": 0.8, "refine": 0.1, "stage2": 0.1}
 STAGE2_STEPS_PER_S = 60.0  # latent-cache steps on 2 cores (small); bounded below
 
 
+def _f(v: float | None) -> str:
+    """table_i.json writes nan as null."""
+    return "-" if v is None or v != v else f"{v:.3f}"
+
+
 def step_rates(preset: str, tracks: list[int], batch: int = 32) -> dict[str, float]:
     """Steps/s of the VRAE and refine phases for ``preset`` on random 2%-dense phrases."""
     from ms2dist.models import MidiSandwich2, get_preset
@@ -117,22 +122,22 @@ def report(results: list[dict]) -> str:
     if full:
         lines += ["| preset | budget (min) | wall (min) | steps VRAE/refine/stage 2 | "
                   + " | ".join(f"F1 {t}" for t in TRACKS) + " | F1 mean | prior checks within |",
-                  "|---" * (7 + len(TRACKS)) + "|"]
+                  "|---" * (6 + len(TRACKS)) + "|"]
         for r in full:
             f1 = [r["restore_f1"][t] for t in TRACKS]
             ok = sum(c["ok"] for c in r["prior_checks"]["checks"])
             lines.append(
                 f"| {r['preset']} | {r['budget_min']:g} | {r['wall_min']:.1f} | "
                 f"{r['vrae_steps']}/{r['refine_steps']}/{r['stage2_steps']} | "
-                + " | ".join("-" if v is None else f"{v:.3f}" for v in f1)
-                + f" | {statistics.mean([v for v in f1 if v is not None]):.3f} | "
+                + " | ".join(_f(v) for v in f1)
+                + f" | {_f(statistics.mean([v for v in f1 if v is not None] or [0.0]))} | "
                 f"{ok}/{len(r['prior_checks']['checks'])} |")
         lines.append("")
         for r in full:
             lines += [f"Prior samples (MSG2) vs Dataset, {r['preset']} {r['budget_min']:g} min:",
                       "", "| track | metric | Dataset | MSG2 | bound | within |",
                       "|---|---|---|---|---|---|"]
-            lines += [f"| {c['track']} | {c['metric']} | {c['data']:.3f} | {c['model']:.3f} | "
+            lines += [f"| {c['track']} | {c['metric']} | {_f(c['data'])} | {_f(c['model'])} | "
                       f"{c['bound']} | {'yes' if c['ok'] else 'no'} |"
                       for c in r["prior_checks"]["checks"]]
             lines.append("")

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 
-from bench_quality import run  # noqa: E402
+from bench_quality import _f, run  # noqa: E402
 
 from ms2dist import TRACKS  # noqa: E402
 
@@ -54,22 +54,23 @@ def main() -> int:
         f1 = {t: doc["rows"]["MSR"].get(f"F1/{t}") for t in TRACKS}
         checks = doc["meta"]["prior_checks"]["checks"]
         rows.append({"kl_weight": float(w), "restore_f1": f1,
-                     "f1_mean": statistics.mean(v for v in f1.values() if v is not None),
+                     "f1_mean": statistics.mean([v for v in f1.values() if v is not None]
+                                                or [0.0]),
                      "checks_ok": sum(c["ok"] for c in checks), "checks": len(checks),
-                     "failed": [f"{c['track']} {c['metric']} {c['model']:.2f} vs {c['data']:.2f}"
+                     "failed": [f"{c['track']} {c['metric']} {_f(c['model'])} vs {_f(c['data'])}"
                                 for c in checks if not c["ok"]],
                      "dist": {r: doc["rows"][r]["dist"] for r in ("MSG1", "MSG2", "MSR")},
                      "msg2_closer_than_msg1": doc["meta"]["msg2_closer_than_msg1"]})
         (args.out / "results.json").write_text(json.dumps(rows, indent=1))
     lines = ["| MFG KL weight | restore F1 mean | " + " | ".join(f"F1 {t}" for t in TRACKS)
              + " | prior checks within | dist MSG1/MSG2/MSR | MSG2 closer than MSG1 | outside |",
-             "|---" * (7 + len(TRACKS)) + "|"]
+             "|---" * (6 + len(TRACKS)) + "|"]
     for r in rows:
         w, n = r["msg2_closer_than_msg1"]
         lines.append(f"| {r['kl_weight']:g} | {r['f1_mean']:.3f} | "
-                     + " | ".join(f"{r['restore_f1'][t]:.3f}" for t in TRACKS)
+                     + " | ".join(_f(r['restore_f1'][t]) for t in TRACKS)
                      + f" | {r['checks_ok']}/{r['checks']} | "
-                     + "/".join(f"{r['dist'][k]:.3f}" for k in ("MSG1", "MSG2", "MSR"))
+                     + "/".join(_f(r['dist'][k]) for k in ("MSG1", "MSG2", "MSR"))
                      + f" | {w}/{n} | {'; '.join(r['failed']) or '-'} |")
     text = "\n".join(lines)
     (args.out / "report.md").write_text(text + "\n")

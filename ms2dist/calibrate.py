@@ -60,8 +60,12 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     split = args.data
     if not (split / "manifest.json").is_file() and (split / "val" / "manifest.json").is_file():
         split = split / "val"
-    model_dir = resolve_model_dir(args.model)
-    model = load_model(model_dir, device=args.device)
+    try:
+        model_dir = resolve_model_dir(args.model)
+        model = load_model(model_dir, device=args.device)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"ms2dist calibrate: error: --model: {e}", file=sys.stderr)
+        return 2
     if model.ms2dist_meta.get("stage") != "stage2":
         print(f"ms2dist calibrate: error: {model_dir} is a {model.ms2dist_meta.get('stage')} "
               f"model; calibration needs the full model (stage 2)", file=sys.stderr)
@@ -69,7 +73,7 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     try:
         cal = calibrate_dir(model_dir, model, split, n_samples=args.n_samples,
                             max_phrases=args.max_phrases, seed=args.seed)
-    except ValueError as e:
+    except (FileNotFoundError, ValueError) as e:
         print(f"ms2dist calibrate: error: --data {args.data}: {e}", file=sys.stderr)
         return 2
     print(f"calibrated {model_dir} on {split} ({cal['n_data_phrases']} phrases, "

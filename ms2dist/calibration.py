@@ -63,13 +63,13 @@ class BinarizeRule:
         """Boolean notes of the same shape as ``probs`` (last axis = tracks)."""
         if self.rule == "bernoulli":
             return torch.bernoulli(probs.float(), generator=generator) > 0.5
-        t = torch.tensor(self.cutoffs(refine), dtype=probs.dtype, device=probs.device)
-        return probs > t
+        t = torch.tensor(self.cutoffs(refine), dtype=torch.float32, device=probs.device)
+        return probs.float() > t
 
     def apply_np(self, probs: np.ndarray, *, refine: bool = True, seed: int = 0) -> np.ndarray:
         if self.rule == "bernoulli":
             return np.random.default_rng(seed).random(probs.shape) < probs
-        return probs > np.asarray(self.cutoffs(refine), dtype=probs.dtype)
+        return np.asarray(probs, np.float32) > np.asarray(self.cutoffs(refine), np.float32)
 
     def describe(self, refine: bool = True) -> str:
         if self.rule == "bernoulli":

@@ -96,13 +96,22 @@ def _song_folder_phrases(folder: Path, limit: int) -> np.ndarray:
     if not paths:
         raise ValueError(f"{folder}: neither a packed split (no manifest.json) nor a folder "
                          f"of .npz / .mid songs")
-    out, n = [], 0
+    out, n, skipped = [], 0, []
     for path in paths:
-        phrases, _ = song_phrases(path)
+        try:
+            phrases, _ = song_phrases(path)
+        except ValueError as e:  # a rejected or empty song: said, not fatal
+            skipped.append(str(e))
+            continue
         out.append(phrases)
         n += len(phrases)
         if n >= limit:
             break
+    if skipped:
+        print(f"warning: {len(skipped)} song(s) of {folder} left out: {skipped[0]}"
+              + (" ..." if len(skipped) > 1 else ""), file=sys.stderr)
+    if not out:
+        raise ValueError(f"{folder}: no usable song ({skipped[0] if skipped else 'none'})")
     return np.concatenate(out)[:limit]
 
 

@@ -35,6 +35,8 @@ class MidiSandwich2Pyfunc:
             req["phrases"] = model_input
         elif isinstance(model_input, dict):
             req.update(model_input)
+        # A DataFrame row carries NaN for the cells a request left empty.
+        req = {k: v for k, v in req.items() if not (isinstance(v, float) and v != v)}
         mode = req.get("mode", "generate")
         with torch.no_grad():
             if mode == "generate":

@@ -24,6 +24,11 @@ from ms2dist.modelio import CONFIG_FILE, WEIGHTS_FILE, read_model_config  # noqa
 MAX_BYTES = 20 * 2**20
 
 
+def _f(v: float | None, digits: int = 3) -> str:
+    """table_i.json writes nan as null."""
+    return "-" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+
+
 def _evaluate(model: Path, data: Path, out: Path, n: int) -> dict:
     cmd = [sys.executable, "-m", "ms2dist", "evaluate", "--model", str(model), "--data",
            str(data), "--out", str(out), "--max-phrases", str(n), "--no-mlflow"]
@@ -37,14 +42,14 @@ def _summary(doc: dict, label: str) -> list[str]:
     vals = [v for v in f1.values() if v is not None and math.isfinite(v)]
     w, n = meta["msg2_closer_than_msg1"]
     pc = meta["prior_checks"]
-    failed = [f"{c['track']} {c['metric']} ({c['model']:.3f} vs {c['data']:.3f})"
+    failed = [f"{c['track']} {c['metric']} ({_f(c['model'])} vs {_f(c['data'])})"
               for c in pc["checks"] if not c["ok"]]
     out = [f"### {label}: {meta['n_phrases']} phrases", "",
            "| row | dist to Dataset |", "|---|---|"]
-    out += [f"| {r} | {rows[r]['dist']:.3f} |" for r in rows if r != "Dataset"]
+    out += [f"| {r} | {_f(rows[r]['dist'])} |" for r in rows if r != "Dataset"]
     out += ["", "Restore (MSR, through BVAE encoders -> MFG-VAE -> decoders) note F1: "
-            + ", ".join(f"{t} {v:.3f}" for t, v in f1.items() if v is not None)
-            + f"; mean {sum(vals) / len(vals):.3f}.",
+            + ", ".join(f"{t} {_f(v)}" for t, v in f1.items() if v is not None)
+            + f"; mean {_f(sum(vals) / len(vals) if vals else None)}.",
             f"MSG2 closer to Dataset than MSG1 on {w} of {n} columns.",
             "Generated phrases within the bounds (EB +-0.10, notes/bar x1.5, UPC +-1.0, "
             f"polyphony x1.5) on every track: {'yes' if pc['ok'] else 'no'}"
@@ -60,7 +65,7 @@ def main() -> int:
     p.add_argument("--test-songs", type=Path, required=True)
     p.add_argument("--command", required=True)
     p.add_argument("--preset", required=True)
-    p.add_argument("--timings", type=Path, default=None, help="JSON of step -> seconds")
+    p.add_argument("--timings", type=Path, default=None, help="'name seconds' lines")
     p.add_argument("--mfg-kl", type=float, required=True, help="stage-2 KL weight used")
     args = p.parse_args()
 
@@ -84,8 +89,12 @@ def main() -> int:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                             capture_output=True, text=True).stdout.strip() or "unknown"
     s1 = json.loads((args.model.parent.parent / "stage1" / "model" / CONFIG_FILE).read_text())
-    timings = json.loads(args.timings.read_text()) if args.timings and args.timings.is_file() \
-        else {}
+    timings: dict[str, float] = {}
+    if args.timings and args.timings.is_file():
+        for line in args.timings.read_text().split("\n"):
+            if line.strip():
+                name, secs = line.split()
+                timings[name] = timings.get(name, 0.0) + float(secs)
     from ms2dist.training.config import resolve_config
 
     rc = resolve_config(args.preset)

@@ -17,20 +17,24 @@ SEED=${SEED:-0}
 # statistics vs restore F1); see ms2dist/pretrained/lpd5/MODEL_CARD.md.
 MFG_KL=${MFG_KL:-0.1}
 mkdir -p "$WORK"
-export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$(pwd)/$WORK/mlflow.db}
+WORK=$(cd "$WORK" && pwd)
+export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$WORK/mlflow.db}
 ms() { "$PY" -m ms2dist "$@"; }
+# Wall time of each step, for the model card ("name seconds" lines).
+timed() { local name=$1 t0; shift; t0=$(date +%s); "$@"; echo "$name $(( $(date +%s) - t0 ))" >> "$WORK/timings.txt"; }
 
 [ -f "$WORK/shards/train/manifest.json" ] || \
   ms pack --input "$DATA" --name "$NAME" --out "$WORK/shards" --workers 2
 [ -f "$WORK/stage1/model/config.json" ] || \
-  ms train stage1 --config "$PRESET" --data "$WORK/shards" --out "$WORK/stage1" \
+  timed stage1 ms train stage1 --config "$PRESET" --data "$WORK/shards" --out "$WORK/stage1" \
      "--train.seed=$SEED" --tracking.register=false
 [ -f "$WORK/stage2/model/config.json" ] || \
-  ms train stage2 --config "$PRESET" --data "$WORK/shards" --out "$WORK/stage2" \
+  timed stage2 ms train stage2 --config "$PRESET" --data "$WORK/shards" --out "$WORK/stage2" \
      --stage1 "$WORK/stage1" "--train.seed=$SEED" "--train.stage2_kl_weight=$MFG_KL" \
      --tracking.register=false
 # Per-track thresholds fitted on the val split (stored in config.json), then the package copy.
 ms calibrate --model "$WORK/stage2" --data "$WORK/shards/val" --seed "$SEED"
 "$PY" scripts/export_pretrained.py --model "$WORK/stage2/model" --name "$NAME" \
   --data "$WORK/shards" --test-songs ../shared/data/lpd5_test_small \
-  --command "bash scripts/train_pretrained.sh" --preset "$PRESET"
+  --command "bash scripts/train_pretrained.sh" --preset "$PRESET" --mfg-kl "$MFG_KL" \
+  --timings "$WORK/timings.txt"
