@@ -79,8 +79,10 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     print(f"calibrated {model_dir} on {split} ({cal['n_data_phrases']} phrases, "
           f"{cal['n_samples']} generated):")
     for t in TRACKS:
-        print(f"  {t:<8} data density {cal['target_density'][t]:.4f}  threshold "
-              f"{cal['thresholds'][t]:.3f} (no refine {cal['thresholds_no_refine'][t]:.3f}); "
+        print(f"  {t:<8} data: density {cal['target_density'][t]:.4f}, empty bars "
+              f"{cal['target_empty_bar_rate'][t]:.3f} -> bar gate {cal['bar_gates'][t]:.3f}, "
+              f"note threshold {cal['thresholds'][t]:.3f} (no refine "
+              f"{cal['bar_gates_no_refine'][t]:.3f} / {cal['thresholds_no_refine'][t]:.3f}); "
               f"density at 0.5 was {cal['density_at_0.5'][t]:.4f}")
-    print(json.dumps({"thresholds": cal["thresholds"]}))
+    print(json.dumps({"thresholds": cal["thresholds"], "bar_gates": cal["bar_gates"]}))
     return 0

@@ -10,8 +10,13 @@ registry, pyfunc, the shipped pretrained model).
 
 Rules (:class:`BinarizeRule`):
 
-- ``calibrated``: ``p > t[track]`` with the fitted thresholds (a separate set for the
-  no-refine MSG1 output, whose probabilities are scaled differently);
+- ``calibrated``: a bar of a track plays only if its most probable cell exceeds the track's
+  *bar gate* ``g[track]``, and then every cell with ``p > t[track]`` is a note. The gate is
+  fitted so that generated phrases have the data's empty-bar rate, the threshold so that
+  they have its note density (a separate pair for the no-refine MSG1 output, whose
+  probabilities are scaled differently). Without the gate, the faint probability a model
+  leaves in bars that should be silent passes a low density-matched threshold as scattered
+  short notes: every bar plays;
 - ``threshold``: ``p > x`` for one value ``x`` on every track (``--threshold X``);
 - ``bernoulli``: every note drawn with its probability (seeded).
 
@@ -48,6 +53,8 @@ class BinarizeRule:
     rule: str = "threshold"
     thresholds: tuple[float, ...] = (DEFAULT_THRESHOLD,) * len(TRACKS)
     thresholds_no_refine: tuple[float, ...] | None = None
+    gates: tuple[float, ...] | None = None  # bar gates (calibrated), per track
+    gates_no_refine: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -58,18 +65,24 @@ class BinarizeRule:
             return self.thresholds_no_refine
         return self.thresholds
 
+    def bar_gates(self, refine: bool = True) -> tuple[float, ...] | None:
+        if not refine and self.gates_no_refine is not None:
+            return self.gates_no_refine
+        return self.gates
+
     def apply(self, probs: torch.Tensor, *, refine: bool = True,
               generator: torch.Generator | None = None) -> torch.Tensor:
-        """Boolean notes of the same shape as ``probs`` (last axis = tracks)."""
+        """Boolean notes of the same shape as ``probs`` ``(..., bars, T, P, tracks)``."""
         if self.rule == "bernoulli":
             return torch.bernoulli(probs.float(), generator=generator) > 0.5
+        p = probs.float()
         t = torch.tensor(self.cutoffs(refine), dtype=torch.float32, device=probs.device)
-        return probs.float() > t
-
-    def apply_np(self, probs: np.ndarray, *, refine: bool = True, seed: int = 0) -> np.ndarray:
-        if self.rule == "bernoulli":
-            return np.random.default_rng(seed).random(probs.shape) < probs
-        return np.asarray(probs, np.float32) > np.asarray(self.cutoffs(refine), np.float32)
+        notes = p > t
+        gates = self.bar_gates(refine)
+        if gates is not None and p.dim() >= 4:
+            g = torch.tensor(gates, dtype=torch.float32, device=probs.device)
+            notes &= p.amax(dim=(-3, -2), keepdim=True) > g
+        return notes
 
     def describe(self, refine: bool = True) -> str:
         if self.rule == "bernoulli":
@@ -78,12 +91,17 @@ class BinarizeRule:
             return f"threshold {self.thresholds[0]:g}"
         ts = ", ".join(f"{n[0]} {t:.3f}" for n, t in zip(TRACKS, self.cutoffs(refine),
                                                            strict=True))
-        return f"calibrated thresholds ({ts})"
+        gates = self.bar_gates(refine)
+        gs = "" if gates is None else "; bar gates " + ", ".join(
+            f"{n[0]} {g:.3f}" for n, g in zip(TRACKS, gates, strict=True))
+        return f"calibrated thresholds ({ts}{gs})"
 
     def to_json(self, refine: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {"rule": self.rule, "description": self.describe(refine)}
         if self.rule != "bernoulli":
             out["thresholds"] = dict(zip(TRACKS, self.cutoffs(refine), strict=True))
+        if self.bar_gates(refine) is not None:
+            out["bar_gates"] = dict(zip(TRACKS, self.bar_gates(refine), strict=True))
         return out
 
 
@@ -111,10 +129,12 @@ def rule_for_model(meta: Mapping[str, Any], binarize: str | None = None,
                 f"{label} has no calibrated thresholds; fit them with `ms2dist calibrate "
                 f"--model DIR --data shards/<name>/val` or pass --threshold X")
         return BinarizeRule("threshold")
-    th = tuple(float(cal["thresholds"][t]) for t in TRACKS)
-    raw = cal.get("thresholds_no_refine")
-    return BinarizeRule("calibrated", th,
-                        tuple(float(raw[t]) for t in TRACKS) if raw else None)
+    def per_track(key: str) -> tuple[float, ...] | None:
+        block = cal.get(key)
+        return tuple(float(block[t]) for t in TRACKS) if block else None
+
+    return BinarizeRule("calibrated", per_track("thresholds"), per_track("thresholds_no_refine"),
+                        per_track("bar_gates"), per_track("bar_gates_no_refine"))
 
 
 def track_density(phrases: np.ndarray) -> np.ndarray:
@@ -123,14 +143,38 @@ def track_density(phrases: np.ndarray) -> np.ndarray:
     return x.reshape(-1, x.shape[-1]).mean(0)
 
 
+def empty_bar_rate(phrases: np.ndarray) -> np.ndarray:
+    """Share of empty bars per track of ``(N, bars, T, P, tracks)`` phrases."""
+    x = np.asarray(phrases) != 0
+    return 1.0 - x.any(axis=(2, 3)).reshape(-1, x.shape[-1]).mean(0)
+
+
 def _quantile_threshold(p: torch.Tensor, density: float) -> float:
-    """The cut ``t`` with ``mean(p > t) ~= density`` (1.0 = silence for an empty track)."""
+    """The cut ``t`` with ``mean(p > t) ~= density`` (1.0 = silence for an empty track).
+
+    Never below 1e-6: a model whose probabilities are all ~0 stays silent."""
     if density <= 0.0:
         return 1.0
+    if density >= 1.0:
+        return 1e-6
     k = int(round((1.0 - density) * p.numel()))
     k = min(max(k, 1), p.numel())
     t = float(torch.kthvalue(p.flatten().float(), k).values)
     return float(min(max(t, 1e-6), 1.0 - 1e-6))
+
+
+def _fit_track(probs: torch.Tensor, density: float, empty_rate: float) -> tuple[float, float]:
+    """(bar gate, note threshold) of one track; ``probs`` is ``(N, bars, T, P)``.
+
+    The gate is the ``empty_rate`` quantile of each bar's largest probability; the threshold
+    then matches the note density over the gated probabilities (a closed bar plays nothing).
+    """
+    if density <= 0.0:
+        return 1.0, 1.0
+    bar_max = probs.amax(dim=(-2, -1))
+    gate = _quantile_threshold(bar_max, 1.0 - empty_rate) if empty_rate > 0 else 0.0
+    gated = probs * (bar_max > gate)[..., None, None]
+    return gate, _quantile_threshold(gated, density)
 
 
 @torch.no_grad()
@@ -144,21 +188,27 @@ def fit_thresholds(model: Any, phrases: np.ndarray, *, n_samples: int = 256, see
     as ``meta.calibration``.
     """
     target = track_density(phrases)
-    out: dict[str, Any] = {"rule": "density-matched per-track thresholds",
+    empty = empty_bar_rate(phrases)
+    out: dict[str, Any] = {"rule": "per-track bar gates (empty-bar rate) and note thresholds "
+                                   "(note density) matched to held-out data",
                            "target_density": dict(zip(TRACKS, map(float, target), strict=True)),
+                           "target_empty_bar_rate": dict(zip(TRACKS, map(float, empty),
+                                                             strict=True)),
                            "n_data_phrases": int(len(phrases)), "n_samples": int(n_samples),
                            "seed": int(seed), "temperature": float(temperature)}
-    for key, refine in (("thresholds", True), ("thresholds_no_refine", False)):
+    for suffix, refine in (("", True), ("_no_refine", False)):
         chunks = []
         for i in range(0, n_samples, batch_size):
             k = min(batch_size, n_samples - i)
             chunks.append(model.generate(k, temperature=temperature, seed=seed + i,
                                          refine=refine).float().cpu())
         probs = torch.cat(chunks)
-        flat = probs.reshape(-1, probs.shape[-1])
-        th = [_quantile_threshold(flat[:, t], float(target[t])) for t in range(flat.shape[1])]
-        out[key] = dict(zip(TRACKS, th, strict=True))
+        fits = [_fit_track(probs[..., t], float(target[t]), float(empty[t]))
+                for t in range(probs.shape[-1])]
+        out["bar_gates" + suffix] = dict(zip(TRACKS, (f[0] for f in fits), strict=True))
+        out["thresholds" + suffix] = dict(zip(TRACKS, (f[1] for f in fits), strict=True))
         if refine:
+            flat = probs.reshape(-1, probs.shape[-1])
             out["density_at_0.5"] = dict(zip(
                 TRACKS, map(float, (flat > 0.5).float().mean(0).tolist()), strict=True))
     return out

@@ -15,7 +15,7 @@ NAME=${NAME:-lpd5}
 SEED=${SEED:-0}
 # Stage-2 KL weight: chosen by bench/sweep_mfg_kl.py on the val split (prior-sample
 # statistics vs restore F1); see ms2dist/pretrained/lpd5/MODEL_CARD.md.
-MFG_KL=${MFG_KL:-0.1}
+MFG_KL=${MFG_KL:-0.01}
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$WORK/mlflow.db}

@@ -96,3 +96,32 @@ def test_bernoulli_rule_is_seeded():
     a = rule.apply(probs, generator=torch.Generator().manual_seed(0))
     b = rule.apply(probs, generator=torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and 0.08 < a.float().mean() < 0.12
+
+
+class _BarModel:
+    """Bars either faint (p ~ 0.05, should be silent) or loud (p up to 0.9), per track."""
+
+    def generate(self, n, temperature=1.0, seed=0, refine=True):
+        g = torch.Generator().manual_seed(seed)
+        loud = torch.rand((n, 4, 1, 1, 5), generator=g) < 0.5
+        p = torch.rand((n, 4, 48, 84, 5), generator=g)
+        return torch.where(loud, 0.9 * p, 0.05 * p)
+
+
+def test_bar_gates_match_the_empty_bar_rate():
+    # Data: every other bar of every track is empty; density 1% overall.
+    rng = np.random.default_rng(0)
+    data = rng.random((40, 4, 48, 84, 5)) < 0.02
+    data[:, 1::2] = False
+    model = _BarModel()
+    cal = fit_thresholds(model, data, n_samples=64, seed=0)
+    rule = rule_for_model({"calibration": cal})
+    notes = rule.apply(model.generate(128, seed=999)).numpy()
+    eb = 1.0 - notes.any(axis=(2, 3)).mean((0, 1))
+    np.testing.assert_allclose(eb, 0.5, atol=0.08)  # the faint bars are silenced
+    np.testing.assert_allclose(notes.mean((0, 1, 2, 3)), track_density(data), rtol=0.2)
+    # Without the gate the faint bars leak notes: every bar plays.
+    ungated = BinarizeRule("calibrated", rule.thresholds)
+    assert (1.0 - ungated.apply(model.generate(64, seed=999)).numpy().any(axis=(2, 3))
+            .mean((0, 1))).max() < 0.05
+    assert "bar gates D " in rule.describe()

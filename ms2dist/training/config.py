@@ -109,8 +109,8 @@ def _preset_run_config(name: str) -> RunConfig:
             cfg,
             data=replace(cfg.data, batch_size=32, num_workers=1, shuffle_buffer=2000),
             optim=replace(cfg.optim, lr=3e-3, refine_lr=1e-3, warmup_steps=100),
-            train=replace(cfg.train, vrae_steps=4000, refine_steps=200, stage2_steps=6000,
-                          kl_weight=1e-3, stage2_kl_weight=0.1, kl_warmup_steps=500,
+            train=replace(cfg.train, vrae_steps=4000, refine_steps=500, stage2_steps=6000,
+                          kl_weight=1e-3, stage2_kl_weight=0.01, kl_warmup_steps=500,
                           eval_every=500,
                           checkpoint_every=250, log_every=50),
         )

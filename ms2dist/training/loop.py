@@ -66,7 +66,18 @@ class TrainJob:
         self.max_steps = max_steps  # stop early (tests: "N/2 steps, then killed")
 
 
-def _lr_at(step: int, base: float, cfg: RunConfig, total: int) -> float:
+def _phase_clock(stage: str, step: int, cfg: RunConfig, total: int) -> tuple[int, int]:
+    """(step within the phase, the phase's length): in sequential stage 1 the VRAE and the
+    refine phase each get their own warm-up and cosine (the refine net would otherwise
+    train at the VRAE's fully decayed learning rate)."""
+    t = cfg.train
+    if stage == "stage1" and t.stage1_mode == "sequential":
+        return (step, t.vrae_steps) if step < t.vrae_steps else (step - t.vrae_steps,
+                                                                  t.refine_steps)
+    return step, total
+
+
+def _lr_at(step: int, total: int, base: float, cfg: RunConfig) -> float:
     o = cfg.optim
     if step < o.warmup_steps:
         return base * (step + 1) / o.warmup_steps
@@ -263,7 +274,8 @@ def train(job: TrainJob) -> int:
             base = cfg.optim.refine_lr if g.get("name") == "refine" else cfg.optim.lr
             idle = (phase == "vrae" and g.get("name") == "refine") or (
                 phase == "refine" and g.get("name") == "vrae")
-            g["lr"] = 0.0 if idle else _lr_at(step, base, cfg, total)
+            g["lr"] = 0.0 if idle else _lr_at(*_phase_clock(job.stage, step, cfg, total),
+                                                base, cfg)
         warm = cfg.train.kl_warmup_steps
         weight = cfg.train.stage2_kl_weight if job.stage == "stage2" else cfg.train.kl_weight
         kl_w = weight * (min(1.0, (step + 1) / warm) if warm > 0 else 1.0)
