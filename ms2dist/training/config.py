@@ -98,7 +98,7 @@ def _preset_run_config(name: str) -> RunConfig:
                          val_batches=8),
             optim=replace(cfg.optim, warmup_steps=5, lr=3e-3, refine_lr=1e-3),
             train=replace(cfg.train, vrae_steps=40, refine_steps=20, stage2_steps=500,
-                          kl_weight=1e-3, stage2_kl_weight=1e-3, kl_warmup_steps=20,
+                          kl_weight=1e-3, stage2_kl_weight=0.01, kl_warmup_steps=20,
                           eval_every=20, log_every=5, checkpoint_every=20),
         )
     elif name == "small":
