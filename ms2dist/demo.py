@@ -26,7 +26,7 @@ __all__ = ["add_arguments", "main", "check_music", "DEMO_STEPS", "QUICK_STEPS"]
 
 # The `tiny` recipe (batch 32, lr 3e-3) with a budget that fits ~8 minutes on 2 cores and
 # restores unseen corpus phrases at note F1 >= 0.5 (bench/README.md, "demo").
-DEMO_STEPS = {"vrae_steps": 1500, "refine_steps": 60, "stage2_steps": 3000}
+DEMO_STEPS = {"vrae_steps": 1000, "refine_steps": 40, "stage2_steps": 3000}
 QUICK_STEPS = {"vrae_steps": 24, "refine_steps": 8, "stage2_steps": 100}
 MIN_RESTORE_F1 = 0.5
 

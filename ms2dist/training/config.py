@@ -90,7 +90,7 @@ def _preset_run_config(name: str) -> RunConfig:
         # The optimisation recipe that learns on real LPD songs (bench/README.md): batch 32
         # and lr 3e-3 leave the all-silent start in a few hundred steps (batch 8 never did
         # in 200); a weak BVAE KL keeps restores sharp (generation goes through the MFG-VAE).
-        # The step budget is a smoke run's (seconds); `ms2dist demo` trains 1500 + 60 stage-1
+        # The step budget is a smoke run's (seconds); `ms2dist demo` trains 1000 + 40 stage-1
         # and 3000 stage-2 steps, which restores unseen phrases at F1 >= 0.5.
         cfg = replace(
             cfg,
