@@ -84,6 +84,11 @@ class BinarizeRule:
             notes &= p.amax(dim=(-3, -2), keepdim=True) > g
         return notes
 
+    def short(self) -> str:
+        """A few words for picture titles (``describe`` has the numbers)."""
+        return {"calibrated": "calibrated per-track thresholds", "bernoulli": "bernoulli draws"
+                }.get(self.rule, f"threshold {self.thresholds[0]:g}")
+
     def describe(self, refine: bool = True) -> str:
         if self.rule == "bernoulli":
             return "bernoulli draws"
@@ -157,9 +162,18 @@ def _quantile_threshold(p: torch.Tensor, density: float) -> float:
         return 1.0
     if density >= 1.0:
         return 1e-6
-    k = int(round((1.0 - density) * p.numel()))
-    k = min(max(k, 1), p.numel())
-    t = float(torch.kthvalue(p.flatten().float(), k).values)
+    flat = p.flatten().float()
+    k = int(round((1.0 - density) * flat.numel()))
+    k = min(max(k, 1), flat.numel())
+    t = float(torch.kthvalue(flat, k).values)
+    # Ties (a saturated model's many exact 1.0s): "p > t" drops every cell equal to t; the
+    # next lower value keeps them. Take whichever of the two cuts lands nearer the density.
+    lower = flat[flat < t]
+    if lower.numel():
+        t2 = float(lower.max())
+        if abs(float((flat > t2).float().mean()) - density) < abs(
+                float((flat > t).float().mean()) - density):
+            t = t2
     return float(min(max(t, 1e-6), 1.0 - 1e-6))
 
 

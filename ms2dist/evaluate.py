@@ -348,6 +348,7 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
         except CalibrationError as e:
             return _fail(str(e))
         rules[name or "model"] = rule.describe()
+        rule_short = rule.short()
         rows = evaluate_model(model, data, seed=args.seed, bs=args.batch_size, rule=rule)
         if name:  # an extra model contributes its generator and restore rows
             rows = {f"{name} (MSG2)": rows["MSG2"], f"{name} (MSR)": rows["MSR"]}
@@ -361,7 +362,7 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     md = write_tables(table, args.out, meta)
     figs = args.out / "figures"
     for name, arr in [("Dataset", data), *outputs.items()]:
-        how = "" if name == "Dataset" else f", {meta['binarize']}"
+        how = "" if name == "Dataset" else f", {rule_short}"
         write_outputs(arr[:1].astype(np.float32), arr[:1], figs, _slug(name),
                       titles=[f"{name}{how}"])
     print(md.read_text())

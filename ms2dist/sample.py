@@ -132,7 +132,8 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
         # The kept tracks come back exactly as given, whatever the binariser does.
         binary[..., kept] = x[..., kept] > 0.5
     how = rule.describe(refine)
-    titles = [f"{t}, {how}" for t in (titles or [f"{args.mode} {i}" for i in range(len(probs))])]
+    titles = [f"{t}, {rule.short()}"
+              for t in (titles or [f"{args.mode} {i}" for i in range(len(probs))])]
     index = write_outputs(probs.float().cpu().numpy(), binary.cpu().numpy(), args.out,
                           args.mode, bpm=bpm, titles=titles, pictures=not args.no_png)
     summary = {"model": str(args.model), "mode": args.mode, "seed": args.seed,

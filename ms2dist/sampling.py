@@ -135,14 +135,14 @@ def log_sample_artifacts(mlflow: Any, model: Any, stage: str, step: int, val_dir
                 rec = model.restore(x, sample=False)
             rec_np = rec.float().cpu().numpy()
             write_outputs(rec_np, binarize(rec).cpu().numpy(), Path(tmp), "recon",
-                          titles=[f"reconstruction {i} @ step {step}, {rule.describe()}"
+                          titles=[f"reconstruction {i} @ step {step}, {rule.short()}"
                                   for i in range(n)])
             write_outputs(x.cpu().numpy(), x.cpu().numpy() > 0.5, Path(tmp), "target")
             if stage == "stage2":
                 gen = model.generate(n, seed=step)
                 write_outputs(gen.float().cpu().numpy(), binarize(gen).cpu().numpy(), Path(tmp),
                               "generated", titles=[f"generated {i} @ step {step}, "
-                                                   f"{rule.describe()}" for i in range(n)])
+                                                   f"{rule.short()}" for i in range(n)])
             mlflow.log_artifacts(tmp, artifact_path=f"samples/step_{step:09d}")
     finally:
         model.train(was_training)

@@ -51,6 +51,12 @@ def test_demo_quick_end_to_end(tmp_path: Path) -> None:
     table = (out / "eval" / "table_i.md").read_text()
     for row in ("Dataset", "MSG1", "MSG2", "MSR", "no-fusion"):
         assert f"| {row} |" in table
+    # The verdict: a line per sample with its notes per track, and the corpus has no drums.
+    assert "generate_003.mid: Drums 0, Piano " in proc.stdout
+    assert "the training data never plays Drums" in proc.stdout
+    music = json.loads((out / "demo_summary.json").read_text())["music"]
+    assert "Drums" not in music["played_tracks"] and "Piano" in music["played_tracks"]
+    assert len(music["notes_per_track"]) == 4
     summary = json.loads((out / "demo_summary.json").read_text())
     assert summary["model"] == "models:/midi-sandwich2@champion"
 
@@ -101,6 +107,12 @@ def test_music_check_fails_a_silent_model(packed_small: Path, tmp_path: Path) ->
         assert problem == f"generate_{i:03d}.mid has no notes in {', '.join(played)}"
     assert "mean restore F1 0.000 is below 0.50" in verdict["problems"][2]
     assert any("generate_001.mid: Drums 0, Piano 0" in ln for ln in verdict["lines"])
+    from ms2dist.demo import enforce_verdict
+
+    with pytest.raises(SystemExit, match="the model does not play music: generate_000.mid "
+                                         "has no notes in Drums"):
+        enforce_verdict(verdict)
+    enforce_verdict(verdict, enforce=False)  # --quick: reported only
 
     # A model that plays: the real phrases themselves written as "samples" pass.
     import json
