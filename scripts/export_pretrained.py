@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -79,6 +80,8 @@ def main() -> int:
     p.add_argument("--preset", required=True)
     p.add_argument("--timings", type=Path, default=None, help="'name seconds' lines")
     p.add_argument("--mfg-kl", type=float, required=True, help="stage-2 KL weight used")
+    p.add_argument("--history", default=os.environ.get("MS2DIST_TRAIN_HISTORY", ""),
+                   help="one line on how this particular model's training deviated, if it did")
     args = p.parse_args()
 
     cfg, meta = read_model_config(args.model)
@@ -145,13 +148,15 @@ def main() -> int:
         + (", wall time " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items())
            if timings else "") + ".",
         f"- Stage-1 trained tracks: {', '.join(s1['meta'].get('trained_tracks', []))}.",
+        *([f"- {args.history}"] if args.history else []),
         f"- Size: {mb:.1f} MB (safetensors + JSON; loading executes no code).", "",
         "## Binarisation", "",
-        "Notes are played where the probability exceeds a per-track threshold fitted on the "
-        "val split so that generated phrases have the data's note density (`ms2dist "
-        "calibrate`): " + ", ".join(f"{t} {cal['thresholds'][t]:.3f}" for t in TRACKS)
-        + " (no refine: " + ", ".join(f"{t} {cal['thresholds_no_refine'][t]:.3f}"
-                                     for t in TRACKS) + ").", "",
+        "Fitted on the val split (`ms2dist calibrate`): a bar of a track plays only if its "
+        "most probable cell passes the track's bar gate (fitted to the data's empty-bar rate), "
+        "and then every cell above the track's note threshold (fitted to its note density) is "
+        "a note. Bar gates: " + ", ".join(f"{t} {cal['bar_gates'][t]:.3f}" for t in TRACKS)
+        + "; note thresholds: " + ", ".join(f"{t} {cal['thresholds'][t]:.3f}" for t in TRACKS)
+        + " (the no-refine MSG1 output has its own pair).", "",
         "## Table I on songs it never saw", "",
         "Full tables beside this card: `TABLE_I_test_split.md`, `TABLE_I_lpd5_test_small.md` "
         "(`ms2dist evaluate --model pretrained:" + args.name + " --data ...`).", "",
