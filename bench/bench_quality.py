@@ -91,6 +91,7 @@ def bench_one(preset: str, minutes: float, data: Path, out: Path, tracks: list[s
     refine = 0 if stage1_only else max(10, int(budget * SPLIT["refine"] * rates["refine"]))
     s2 = max(500, int(budget * SPLIT["stage2"] * STAGE2_STEPS_PER_S))
     run_dir = out / f"{preset}-{minutes:g}min"
+    run_dir.mkdir(parents=True, exist_ok=True)
     common = ["--config", preset, "--data", data, "--tracking.enabled=false",
               f"--train.seed={seed}", "--data.val_batches=0"]
     eval_every = max(vrae // 6, 1) if stage1_only else vrae + refine
