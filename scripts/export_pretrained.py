@@ -30,6 +30,17 @@ def _f(v: float | None, digits: int = 3) -> str:
     return "-" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
+def _relative(obj: object) -> object:
+    """Paths inside the repository as repository-relative strings (no machine paths ship)."""
+    if isinstance(obj, dict):
+        return {k: _relative(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_relative(v) for v in obj]
+    if isinstance(obj, str) and obj.startswith(str(REPO) + os.sep):
+        return os.path.relpath(obj, REPO)
+    return obj
+
+
 def _evaluate(model: Path, data: Path, out: Path, n: int) -> dict:
     cmd = [sys.executable, "-m", "ms2dist", "evaluate", "--model", str(model), "--data",
            str(data), "--out", str(out), "--max-phrases", str(n), "--no-mlflow"]
@@ -89,8 +100,9 @@ def main() -> int:
         raise SystemExit(f"{args.model} is not calibrated: run `ms2dist calibrate` first")
     dest = REPO / "ms2dist" / "pretrained" / args.name
     dest.mkdir(parents=True, exist_ok=True)
-    for f in (CONFIG_FILE, WEIGHTS_FILE):
-        shutil.copy2(args.model / f, dest / f)
+    shutil.copy2(args.model / WEIGHTS_FILE, dest / WEIGHTS_FILE)
+    payload = json.loads((args.model / CONFIG_FILE).read_text())
+    (dest / CONFIG_FILE).write_text(json.dumps(_relative(payload), indent=1, sort_keys=True))
     size = sum((dest / f).stat().st_size for f in (CONFIG_FILE, WEIGHTS_FILE))
     if size > MAX_BYTES:
         raise SystemExit(f"{dest} is {size / 2**20:.1f} MB, over the 20 MB limit")
@@ -101,7 +113,8 @@ def main() -> int:
     # The distribution the generator learned: its prior samples against the training songs.
     train_doc = _evaluate(dest, args.data / "train", work / "train_split", 2000)
     for src in (work / "test_split", work / "lpd5_test_small"):
-        shutil.copy2(src / "table_i.md", dest / f"TABLE_I_{src.name}.md")
+        text = (src / "table_i.md").read_text().replace(str(REPO) + os.sep, "")
+        (dest / f"TABLE_I_{src.name}.md").write_text(text)
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                             capture_output=True, text=True).stdout.strip() or "unknown"
