@@ -231,8 +231,15 @@ def test_one_run_per_stage_with_config_tags_metrics_artifacts(trained, store, pa
     out = trained.s1 if stage == "stage1" else trained.s2
     snap = _snapshot(out)
     assert run.info.status == "FINISHED"
-    # params: the full resolved config
-    assert run.data.params == {k: str(v)[:500] for k, v in flatten(snap["config"]).items()}
+    # params: the full resolved config (+ stage 2's calibrated thresholds, as in the model)
+    params = dict(run.data.params)
+    if stage == "stage2":
+        from ms2dist.modelio import read_model_config
+
+        cal = read_model_config(out / "model")[1]["calibration"]
+        logged = {k: params.pop(f"calibration.threshold.{k}") for k in cal["thresholds"]}
+        assert logged == {k: str(round(v, 5)) for k, v in cal["thresholds"].items()}
+    assert params == {k: str(v)[:500] for k, v in flatten(snap["config"]).items()}
     tags = run.data.tags
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                           text=True).stdout.strip()
