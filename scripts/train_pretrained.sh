@@ -32,8 +32,8 @@ timed() { local name=$1 t0; shift; t0=$(date +%s); "$@"; echo "$name $(( $(date 
   timed stage2 ms train stage2 --config "$PRESET" --data "$WORK/shards" --out "$WORK/stage2" \
      --stage1 "$WORK/stage1" "--train.seed=$SEED" "--train.stage2_kl_weight=$MFG_KL" \
      --tracking.register=false
-# Per-track thresholds fitted on the val split (stored in config.json), then the package copy.
-ms calibrate --model "$WORK/stage2" --data "$WORK/shards/val" --seed "$SEED"
+# Stage 2 has already fitted the per-track thresholds on the val split (config.json); copy
+# the model into the package with its card.
 "$PY" scripts/export_pretrained.py --model "$WORK/stage2/model" --name "$NAME" \
   --data "$WORK/shards" --test-songs ../shared/data/lpd5_test_small \
   --command "bash scripts/train_pretrained.sh" --preset "$PRESET" --mfg-kl "$MFG_KL" \
