@@ -32,10 +32,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ms2dist.configs import get_preset  # noqa: E402
 from ms2dist.models import (  # noqa: E402
     MidiSandwich2,
     ModelConfig,
-    get_preset,
     n_params,
     stage1_loss,
     stage2_loss,

@@ -50,7 +50,7 @@ def _children_cpu() -> float:
 
 def bench_pack(files: list[Path], workers: int, tmp: Path) -> tuple[float, float]:
     """(songs/s wall clock, CPU seconds of main + pool per song)."""
-    from ms2dist.pack import pack
+    from ms2dist.dataset.packer import pack
 
     out = tmp / f"pack-w{workers}-{time.monotonic_ns()}"
     t, c, k = time.perf_counter(), time.process_time(), _children_cpu()
@@ -63,7 +63,7 @@ def bench_pack(files: list[Path], workers: int, tmp: Path) -> tuple[float, float
 
 def bench_stream(split_dir: Path, batch: int, workers: int, n_phrases: int) -> tuple[float, float]:
     """(phrases/s after the first batch, seconds to the first batch)."""
-    from ms2dist.data import train_loader
+    from ms2dist.dataset.train_stream import train_loader
 
     loader = train_loader(split_dir, batch, seed=0, num_workers=workers, shuffle_buffer=4096)
     t0 = time.perf_counter()
@@ -92,7 +92,7 @@ def bench_raw(split_dir: Path, n_phrases_total: int) -> float:
 def bench_blocks(split_dir: Path) -> float:
     """Phrases/s of a sequential decode of the same shards (tar parse + .npy + meta), no
     shuffling, no batching, one process: the floor any reader of this format pays."""
-    from ms2dist.data import iter_shard_blocks
+    from ms2dist.dataset.blocks import iter_shard_blocks
 
     t, n = time.perf_counter(), 0
     for s in sorted(split_dir.glob("shard-*.tar")):
@@ -104,7 +104,7 @@ def bench_blocks(split_dir: Path) -> float:
 RSS_CHILD = """
 import json, resource, sys
 sys.path.insert(0, {repo!r})
-from ms2dist.pack import pack
+from ms2dist.dataset.packer import pack
 files = json.loads(sys.argv[1])
 pack(files, sys.argv[2], name="rss", workers=int(sys.argv[3]))
 # VmHWM, not RUSAGE_SELF: ru_maxrss survives exec and would report the (vforked) parent
@@ -157,7 +157,7 @@ def main() -> int:
                                   "pack1": 1e3 * med(x[1] for x in p1),
                                   "pack2": 1e3 * med(x[1] for x in p2)}
 
-        from ms2dist.pack import pack
+        from ms2dist.dataset.packer import pack
 
         out = tmp / "stream"
         pack(files, out, name="bench", workers=2)

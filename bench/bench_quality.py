@@ -42,7 +42,8 @@ def _f(v: float | None) -> str:
 
 def step_rates(preset: str, tracks: list[int], batch: int = 32) -> dict[str, float]:
     """Steps/s of the VRAE and refine phases for ``preset`` on random 2%-dense phrases."""
-    from ms2dist.models import MidiSandwich2, get_preset
+    from ms2dist.configs import get_preset
+    from ms2dist.models import MidiSandwich2
     from ms2dist.models.losses import stage1_loss
 
     torch.manual_seed(0)

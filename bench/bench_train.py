@@ -156,9 +156,10 @@ def bare_main(preset: str, data: Path, threads: int, in_loop: bool) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    from ms2dist.data import train_loader, unpack_phrases
+    from ms2dist.configs import resolve_config
+    from ms2dist.dataset.batch import unpack_phrases
+    from ms2dist.dataset.train_stream import train_loader
     from ms2dist.models import MidiSandwich2, stage1_loss
-    from ms2dist.training.config import resolve_config
     from ms2dist.training.objectives import stage1_param_groups
 
     steps, every, _ = PLAN[(preset, "stage1")]
@@ -174,11 +175,11 @@ def bare_main(preset: str, data: Path, threads: int, in_loop: bool) -> None:
     opt = torch.optim.Adam([{"params": vrae_p, "lr": cfg.optim.lr},
                             {"params": refine_p, "lr": 0.0}],
                            lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    from ms2dist.training.loop import _endless, _epoch_steps
+    from ms2dist.training.job import endless, epoch_steps
 
-    it = _endless(train_loader(data / "train", BATCH, seed=cfg.train.seed, num_workers=0,
+    it = endless(train_loader(data / "train", BATCH, seed=cfg.train.seed, num_workers=0,
                                shuffle_buffer=cfg.data.shuffle_buffer,
-                               epoch_steps=_epoch_steps(data / "train", BATCH, 1)))
+                               epoch_steps=epoch_steps(data / "train", BATCH, 1)))
     pool = [] if in_loop else [unpack_phrases(next(it)["phrases"]) for _ in range(8)]
     kl_w, fb = cfg.train.kl_weight, cfg.train.free_bits
     windows = []
@@ -303,7 +304,7 @@ def report(r: dict) -> None:
     (paired: both contenders ran back to back), so a load change between reps cancels."""
     import torch
 
-    from ms2dist.models import get_preset
+    from ms2dist.configs import get_preset
 
     reps, windows = r["reps"], r["windows"]
     med = {k: statistics.median(v) for k, v in windows.items()}

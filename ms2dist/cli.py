@@ -1,8 +1,8 @@
 """The ``ms2dist`` command: one subcommand per pipeline step.
 
-Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
-``main(args, extra) -> int``; only the chosen one is imported, so ``ms2dist pack``
-does not pay for importing MLflow, and ``--help`` is instant.
+Each subcommand lives in its own module of :mod:`ms2dist.commands` exposing
+``add_arguments(parser)`` and ``main(args, extra) -> int``; only the chosen one is imported,
+so ``ms2dist pack`` does not pay for importing MLflow, and ``--help`` is instant.
 """
 
 from __future__ import annotations
@@ -12,22 +12,20 @@ import importlib
 import sys
 
 from ms2dist import __version__
-from ms2dist.config import ConfigError
+from ms2dist.yamlconfig import ConfigError
 
 __all__ = ["main", "COMMANDS"]
 
-# name -> (module, one-line help, accepts --section.key=value overrides)
-COMMANDS: dict[str, tuple[str, str, bool]] = {
-    "pack": ("ms2dist.pack", "pack LPD .npz / MIDI songs into WebDataset shards", False),
-    "train": ("ms2dist.train", "train stage1 (BVAEs) or stage2 (MFG-VAE); accelerate-launchable",
-              True),
-    "sample": ("ms2dist.sample", "generate / restore / interpolate / complete -> MIDI, npz, PNG",
-               False),
-    "calibrate": ("ms2dist.calibrate", "fit per-track note thresholds of a model on held-out data",
-                  False),
-    "evaluate": ("ms2dist.evaluate", "objective metrics and the paper's Table I", False),
-    "registry": ("ms2dist.registry", "list and promote registered models in MLflow", False),
-    "demo": ("ms2dist.demo", "the whole pipeline end to end on the embedded default", True),
+# name -> (one-line help, accepts --section.key=value overrides); the module is
+# ms2dist.commands.<name>.
+COMMANDS: dict[str, tuple[str, bool]] = {
+    "pack": ("pack LPD .npz / MIDI songs into WebDataset shards", False),
+    "train": ("train stage1 (BVAEs) or stage2 (MFG-VAE); accelerate-launchable", True),
+    "sample": ("generate / restore / interpolate / complete -> MIDI, npz, PNG", False),
+    "calibrate": ("fit per-track note thresholds of a model on held-out data", False),
+    "evaluate": ("objective metrics and the paper's Table I", False),
+    "registry": ("list and promote registered models in MLflow", False),
+    "demo": ("the whole pipeline end to end on the embedded default", True),
 }
 
 
@@ -36,7 +34,7 @@ def _top_parser() -> argparse.ArgumentParser:
         prog="ms2dist",
         description="Train MIDI-Sandwich2 at scale.",
         epilog="commands:\n"
-        + "\n".join(f"  {n:<10} {h}" for n, (_, h, _) in COMMANDS.items()),
+        + "\n".join(f"  {n:<10} {h}" for n, (h, _) in COMMANDS.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"ms2dist {__version__}")
@@ -53,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     name = argv[0]
     if name not in COMMANDS:
         top.error(f"unknown command {name!r}; choose from {', '.join(sorted(COMMANDS))}")
-    module_name, help_text, takes_overrides = COMMANDS[name]
-    module = importlib.import_module(module_name)
+    help_text, takes_overrides = COMMANDS[name]
+    module = importlib.import_module(f"ms2dist.commands.{name}")
     parser = argparse.ArgumentParser(prog=f"ms2dist {name}", description=help_text)
     module.add_arguments(parser)
     if takes_overrides:

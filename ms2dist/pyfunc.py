@@ -18,6 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ms2dist.inference.calibration import rule_for_model
+from ms2dist.inference.modelio import load_model
+
 __all__ = ["_load_pyfunc", "MidiSandwich2Pyfunc"]
 
 
@@ -53,8 +56,6 @@ class MidiSandwich2Pyfunc:
             return out.cpu().numpy()
         if output != "notes":
             raise ValueError(f"predict: unknown output {output!r} (notes or probabilities)")
-        from ms2dist.calibration import rule_for_model
-
         threshold = req.get("threshold")
         rule = rule_for_model(getattr(self.model, "ms2dist_meta", {}), req.get("binarize"),
                               None if threshold is None else float(threshold))
@@ -63,6 +64,4 @@ class MidiSandwich2Pyfunc:
 
 
 def _load_pyfunc(data_path: str) -> MidiSandwich2Pyfunc:
-    from ms2dist.modelio import load_model
-
     return MidiSandwich2Pyfunc(load_model(data_path))

@@ -20,7 +20,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ms2dist import TRACKS  # noqa: E402
-from ms2dist.modelio import CONFIG_FILE, WEIGHTS_FILE, read_model_config  # noqa: E402
+from ms2dist.inference.modelio import (  # noqa: E402
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    read_model_config,
+)
 
 MAX_BYTES = 20 * 2**20
 
@@ -125,7 +129,7 @@ def main() -> int:
             if line.strip():
                 name, secs = line.split()
                 timings[name] = timings.get(name, 0.0) + float(secs)
-    from ms2dist.training.config import resolve_config
+    from ms2dist.configs import resolve_config
 
     rc = resolve_config(args.preset)
     cal = meta["calibration"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ms2dist import TRACKS
-from ms2dist.calibration import (
+from ms2dist.inference.calibration import (
     BinarizeRule,
     CalibrationError,
     fit_thresholds,
@@ -110,7 +110,7 @@ class _BarModel:
 
 
 def test_bar_gates_match_the_empty_bar_rate():
-    from ms2dist.calibration import _quantile_threshold
+    from ms2dist.inference.calibration import _quantile_threshold
 
     # Data: every other bar of every track is empty; density 1% overall.
     rng = np.random.default_rng(0)
@@ -137,7 +137,7 @@ def test_saturated_probabilities_are_not_cut_away():
     # A confident model: its notes are exactly 1.0 in float32, everything else 0.
     p = torch.zeros(1000)
     p[:30] = 1.0
-    from ms2dist.calibration import _quantile_threshold
+    from ms2dist.inference.calibration import _quantile_threshold
 
     t = _quantile_threshold(p, 0.02)
     assert (p > t).sum() == 30  # the nearest achievable density (3%), not silence

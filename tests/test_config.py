@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ms2dist.config import ConfigError, apply_overrides, dump_yaml, from_dict, load_yaml
+from ms2dist.yamlconfig import ConfigError, apply_overrides, dump_yaml, from_dict, load_yaml
 
 
 @dataclass

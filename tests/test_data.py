@@ -1,4 +1,4 @@
-"""ms2dist.data: exact-once eval stream, reproducible/resumable training stream, unpacking,
+"""ms2dist.dataset: exact-once eval stream, reproducible/resumable training stream, unpacking,
 corrupt shards."""
 
 from __future__ import annotations
@@ -12,16 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from ms2dist.data import (
-    CorruptShardError,
-    corrupt_skipped,
-    eval_loader,
-    iter_shard_blocks,
-    train_loader,
-    unpack_phrases,
-)
-from ms2dist.pack import pack
-from ms2dist.phrases import unpack_bits
+from ms2dist.dataset.batch import unpack_phrases
+from ms2dist.dataset.blocks import CorruptShardError, corrupt_skipped, iter_shard_blocks
+from ms2dist.dataset.eval_stream import eval_loader
+from ms2dist.dataset.packer import pack
+from ms2dist.dataset.train_stream import train_loader
+from ms2dist.layout import unpack_bits
 from tests.test_pack import read_shards
 
 SMALL = {"phrases_per_shard": 64, "block_size": 16}

@@ -38,7 +38,7 @@ def test_demo_quick_end_to_end(tmp_path: Path) -> None:
         mido.MidiFile(str(m))
     # the registered model loads in a fresh process, given only the tracking URI
     uri = f"sqlite:///{out / 'mlflow.db'}"
-    code = ("from ms2dist.modelio import load_model\n"
+    code = ("from ms2dist.inference.modelio import load_model\n"
             "m = load_model('models:/midi-sandwich2@champion')\n"
             "x = m.generate(1, seed=0)\nassert tuple(x.shape) == (1, 4, 48, 84, 5)\n")
     fresh = tmp_path / "fresh"
@@ -75,11 +75,12 @@ def test_music_check_fails_a_silent_model(packed_small: Path, tmp_path: Path) ->
     import torch
 
     from ms2dist import TRACKS
-    from ms2dist.calibration import fit_thresholds
-    from ms2dist.demo import check_music
-    from ms2dist.evaluate import split_phrases
-    from ms2dist.modelio import save_model
-    from ms2dist.models import MidiSandwich2, get_preset
+    from ms2dist.commands.demo import check_music
+    from ms2dist.configs import get_preset
+    from ms2dist.dataset.load import split_phrases
+    from ms2dist.inference.calibration import fit_thresholds
+    from ms2dist.inference.modelio import save_model
+    from ms2dist.models import MidiSandwich2
 
     torch.manual_seed(0)
     cfg = get_preset("tiny")
@@ -107,7 +108,7 @@ def test_music_check_fails_a_silent_model(packed_small: Path, tmp_path: Path) ->
         assert problem == f"generate_{i:03d}.mid has no notes in {', '.join(played)}"
     assert "mean restore F1 0.000 is below 0.50" in verdict["problems"][2]
     assert any("generate_001.mid: Drums 0, Piano 0" in ln for ln in verdict["lines"])
-    from ms2dist.demo import enforce_verdict
+    from ms2dist.commands.demo import enforce_verdict
 
     with pytest.raises(SystemExit, match="the model does not play music: generate_000.mid "
                                          "has no notes in Drums"):
@@ -117,7 +118,7 @@ def test_music_check_fails_a_silent_model(packed_small: Path, tmp_path: Path) ->
     # A model that plays: the real phrases themselves written as "samples" pass.
     import json
 
-    from ms2dist.sampling import write_outputs
+    from ms2dist.music.files import write_outputs
 
     full = val[val.any(axis=(1, 2, 3)).all(-1)][:2]  # phrases playing all five tracks
     assert len(full) == 2

@@ -48,7 +48,7 @@ def table(models, packed_small, tmp_path_factory) -> Path:
 
 
 def test_shared_model_really_shares_its_bvae(models):
-    from ms2dist.modelio import load_model
+    from ms2dist.inference.modelio import load_model
 
     assert len(load_model(models[1]).bvaes) == 1 and len(load_model(models[0]).bvaes) == 5
 

@@ -40,8 +40,8 @@ def trained(packed_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 def _restore_f1(model, data: np.ndarray) -> float:
-    from ms2dist.calibration import rule_for_model
-    from ms2dist.evaluate import evaluate_model, table_rows
+    from ms2dist.inference.calibration import rule_for_model
+    from ms2dist.inference.evaluation import evaluate_model, table_rows
 
     rows = table_rows(evaluate_model(model, data, seed=0, bs=64,
                                      rule=rule_for_model(model.ms2dist_meta)), data)
@@ -49,10 +49,11 @@ def _restore_f1(model, data: np.ndarray) -> float:
 
 
 def test_restore_of_unseen_songs_beats_an_untrained_model(trained, packed_small):
-    from ms2dist.calibration import fit_thresholds
-    from ms2dist.evaluate import split_phrases
-    from ms2dist.modelio import load_model
-    from ms2dist.models import MidiSandwich2, get_preset
+    from ms2dist.configs import get_preset
+    from ms2dist.dataset.load import split_phrases
+    from ms2dist.inference.calibration import fit_thresholds
+    from ms2dist.inference.modelio import load_model
+    from ms2dist.models import MidiSandwich2
 
     val = split_phrases(packed_small / "val", 128)
     assert val.any(axis=(0, 1, 2, 3)).all()  # every track is played in the val songs

@@ -1,4 +1,4 @@
-"""ms2dist.lpd: LPD npz / MIDI readers and the LPD-5 merge rule, checked on real songs."""
+"""ms2dist.songs: LPD npz / MIDI readers and the LPD-5 merge rule, checked on real songs."""
 
 from __future__ import annotations
 
@@ -8,15 +8,9 @@ import numpy as np
 import pypianoroll
 import pytest
 
-from ms2dist.lpd import (
-    RejectError,
-    detect_format,
-    load_song,
-    lpd5_track,
-    merge_to_lpd5,
-    read_lpd_npz,
-    song_id_for,
-)
+from ms2dist.songs.files import detect_format, load_song
+from ms2dist.songs.lpd import read_lpd_npz
+from ms2dist.songs.song import RejectError, lpd5_track, merge_to_lpd5, song_id_for
 
 
 def _songs(folder: Path) -> list[Path]:

@@ -419,3 +419,22 @@ def test_compute_all_10k_phrases_bounded_memory():
     assert 0.0 < r["QN/Piano"] < 0.1  # random 2% rolls: almost every note is one step
     assert r["DP"] == pytest.approx(1 / 3, abs=0.01)
     assert r["polyphony/Bass"] == pytest.approx(84 * 0.02 / (1 - 0.98**84), rel=0.01)
+
+
+# ------------------------------------------------------------------ the one note F1
+
+
+def test_note_f1_on_hand_built_rolls_and_its_empty_convention() -> None:
+    pred = np.zeros((2, 4, 3), bool)
+    target = np.zeros((2, 4, 3), bool)
+    target[0, :2, 0] = True  # track 0: 2 true notes; 1 found + 1 false alarm
+    pred[0, 0, 0] = pred[1, 3, 0] = True
+    target[:, :, 1] = pred[:, :, 1] = True  # track 1: all 8 true, all played
+    pred[0, 0, 2] = True  # track 2: nothing to find, one note played
+    p, r, f1 = M.note_prf(pred, target)
+    assert p.tolist() == [0.5, 1.0, 0.0] and r.tolist() == [0.5, 1.0, 1.0]
+    assert f1.tolist() == [0.5, 1.0, 0.0]
+    # silent in both: nothing to find, nothing wrongly played -> 1 (never nan, never 0)
+    assert [float(v) for v in M.prf_from_counts(0, 0, 0)] == [1.0, 1.0, 1.0]
+    assert float(M.prf_from_counts(0, 0, 5)[2]) == 0.0  # all missed
+    np.testing.assert_array_equal(M.note_counts(pred, target)[0], [1, 1, 1])

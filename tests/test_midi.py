@@ -11,7 +11,9 @@ import pretty_midi
 import pytest
 
 from ms2dist import TRACKS
-from ms2dist.midi import DRUM_CHANNEL, PROGRAMS, lpd5_track, plot_pianoroll, read_midi, write_midi
+from ms2dist.music.midi import DRUM_CHANNEL, PROGRAMS, read_midi, write_midi
+from ms2dist.music.pianoroll import plot_pianoroll
+from ms2dist.songs.song import lpd5_track
 
 SPB = 12  # steps per beat
 LOW = 24

@@ -9,15 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from ms2dist.config import from_dict, to_dict
+from ms2dist.configs import PRESETS, get_preset
 from ms2dist.models import (
-    PRESETS,
     VRAE,
     MidiSandwich2,
     ModelConfig,
     binarize,
     gaussian_kl,
-    get_preset,
     n_params,
     note_prf,
     reparameterize,
@@ -25,6 +23,7 @@ from ms2dist.models import (
     stage2_loss,
     stage2_loss_from_latents,
 )
+from ms2dist.yamlconfig import from_dict, to_dict
 
 SHAPE = (4, 48, 84, 5)
 STRATEGIES = ["concat", "project", "vrae", "lstm"]

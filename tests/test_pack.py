@@ -14,15 +14,11 @@ import pypianoroll
 import pytest
 
 from ms2dist.cli import main as cli_main
-from ms2dist.pack import collect_inputs, pack
-from ms2dist.phrases import (
-    PhraseConfig,
-    assign_split,
-    pack_bits,
-    parse_split,
-    song_phrases,
-    unpack_bits,
-)
+from ms2dist.dataset.manifest import assign_split, parse_split
+from ms2dist.dataset.packer import pack
+from ms2dist.layout import pack_bits, unpack_bits
+from ms2dist.songs.files import collect_inputs
+from ms2dist.songs.phrases import PhraseConfig, roll_phrases
 from tests.test_lpd import write_midi
 
 SPLITS = ("train", "val", "test")
@@ -96,7 +92,7 @@ def test_song_phrases_keeps_windows_with_any_track_and_indexes_them():
     roll[1, 24, 2] = 5  # window 0, step 1 -> 12-per-beat step 0, pitch 0, Guitar
     roll[384 * 2 + 383, 107, 4] = 1  # window 2, last step, top pitch, Strings
     roll[384 * 1 + 5, 23, 1] = 9  # window 1 but pitch below the range: dropped
-    ph, idx, ne = song_phrases(roll, PhraseConfig())
+    ph, idx, ne = roll_phrases(roll, PhraseConfig())
     assert ph.shape == (2, 4, 48, 84, 5) and list(idx) == [0, 2]
     assert ph[0, 0, 0, 0, 2] and ph[0].sum() == 1
     assert ph[1, 3, 47, 83, 4] and ph[1].sum() == 1

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ms2dist import TRACKS
-from ms2dist.modelio import PRETRAINED_DIR, load_model
+from ms2dist.inference.modelio import PRETRAINED_DIR, load_model
 from tests.conftest import run_ms2dist
 
 MODEL = PRETRAINED_DIR / "lpd5"
@@ -53,8 +53,9 @@ def test_sample_makes_music_in_every_track(tmp_path):
 
 @pytest.mark.data
 def test_restores_unseen_songs(lpd5_test_small):
-    from ms2dist.calibration import rule_for_model
-    from ms2dist.evaluate import evaluate_model, split_phrases, table_rows
+    from ms2dist.dataset.load import split_phrases
+    from ms2dist.inference.calibration import rule_for_model
+    from ms2dist.inference.evaluation import evaluate_model, table_rows
 
     model = load_model("pretrained:lpd5")
     data = split_phrases(lpd5_test_small, 96)

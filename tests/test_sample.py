@@ -17,7 +17,7 @@ import torch
 from conftest import run_ms2dist
 
 from ms2dist import TRACKS
-from ms2dist.midi import DRUM_CHANNEL, PROGRAMS, read_midi
+from ms2dist.music.midi import DRUM_CHANNEL, PROGRAMS, read_midi
 
 pytestmark = pytest.mark.data
 
@@ -38,12 +38,13 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, lpd5_test_small: Pa
     """A saved ``tiny`` model (``shared_bvae`` if ``shared``), trained briefly; cached."""
     if shared in _MODELS:
         return _MODELS[shared]
-    from ms2dist.modelio import save_model
-    from ms2dist.models import MidiSandwich2, get_preset
+    from ms2dist.configs import get_preset
+    from ms2dist.inference.modelio import save_model
+    from ms2dist.models import MidiSandwich2
     from ms2dist.models.losses import stage1_loss, stage2_loss
-    from ms2dist.sampling import song_phrases
+    from ms2dist.songs.files import file_phrases
 
-    x = np.concatenate([song_phrases(f)[0][:2] for f in _songs(lpd5_test_small)[:4]])
+    x = np.concatenate([file_phrases(f)[0][:2] for f in _songs(lpd5_test_small)[:4]])
     x = torch.as_tensor(x, dtype=torch.float32)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -87,7 +88,7 @@ def songs(lpd5_test_small) -> list[Path]:
 
 
 def _bpm_of(path: Path) -> float:
-    from ms2dist.lpd import load_song
+    from ms2dist.songs.files import load_song
 
     return load_song(path).bpm
 
@@ -185,7 +186,7 @@ def test_no_fusion(model_dir, tmp_path):
 
 
 def test_restore_keeps_the_input_tempo(model_dir, songs, tmp_path):
-    from ms2dist.sampling import song_phrases
+    from ms2dist.songs.files import file_phrases
 
     out = _sample(model_dir, tmp_path / "r", "--mode", "restore", "--input", songs[0],
                   "--n", "2")
@@ -195,7 +196,7 @@ def test_restore_keeps_the_input_tempo(model_dir, songs, tmp_path):
     assert sum(int(r.sum()) for r in rolls) > 0
     # The input phrases are written beside, the same way.
     inputs = check_files(out, "input", json.loads((out / "input_index.json").read_text()), bpm)
-    np.testing.assert_array_equal(np.stack(inputs), song_phrases(songs[0])[0][:2])
+    np.testing.assert_array_equal(np.stack(inputs), file_phrases(songs[0])[0][:2])
 
 
 def test_interpolate_two_songs(model_dir, songs, tmp_path):
@@ -205,12 +206,12 @@ def test_interpolate_two_songs(model_dir, songs, tmp_path):
 
 
 def test_complete_keeps_the_given_track_bit_for_bit(model_dir, songs, tmp_path):
-    from ms2dist.sampling import song_phrases
+    from ms2dist.songs.files import file_phrases
 
     out = _sample(model_dir, tmp_path / "c", "--mode", "complete", "--input", songs[0],
                   "--keep", "Piano", "--n", "2", "--seed", "1")
     rolls = check_outputs(out, "complete", 2, _bpm_of(songs[0]))
-    phrases = song_phrases(songs[0])[0][:2]
+    phrases = file_phrases(songs[0])[0][:2]
     piano = TRACKS.index("Piano")
     assert phrases[..., piano].any()
     for i, roll in enumerate(rolls):

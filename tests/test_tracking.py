@@ -222,7 +222,8 @@ def _artifact_files(client, run_id: str, path: str | None = None) -> list[str]:
 def test_one_run_per_stage_with_config_tags_metrics_artifacts(trained, store, packed_small,
                                                               stage) -> None:
     from ms2dist import __version__
-    from ms2dist.tracking import flatten, manifest_sha
+    from ms2dist.dataset.manifest import manifest_sha
+    from ms2dist.tracking.runs import flatten
 
     client = store.client()
     runs = _runs(client, stage)
@@ -234,7 +235,7 @@ def test_one_run_per_stage_with_config_tags_metrics_artifacts(trained, store, pa
     # params: the full resolved config (+ stage 2's calibrated thresholds, as in the model)
     params = dict(run.data.params)
     if stage == "stage2":
-        from ms2dist.modelio import read_model_config
+        from ms2dist.inference.modelio import read_model_config
 
         cal = read_model_config(out / "model")[1]["calibration"]
         logged = {k: params.pop(f"calibration.threshold.{k}") for k in cal["thresholds"]}
@@ -307,7 +308,7 @@ def test_resume_reattaches_to_the_same_run(trained, store) -> None:
 
 def test_training_registers_candidates_and_promote_moves_champion(trained, store,
                                                                   champion) -> None:
-    from ms2dist.registry import list_models
+    from ms2dist.tracking.registry import list_models
 
     client = store.client()
     s1_run, s2_run = _runs(client, "stage1")[0], _runs(client, "stage2")[0]
@@ -393,7 +394,7 @@ def test_mlmodel_uses_loader_module_and_the_plant_is_live(store, planted, tmp_pa
 
 LOAD_SCRIPT = """
 import sys, numpy as np, mlflow.pyfunc
-from ms2dist.modelio import load_model
+from ms2dist.inference.modelio import load_model
 uri = sys.argv[1]
 pf = mlflow.pyfunc.load_model(uri)
 out = pf.predict({"mode": "generate", "n": 2, "seed": 0, "output": "probabilities"})
@@ -406,7 +407,7 @@ np.save("modelio.npy", load_model(uri).generate(2, seed=0).numpy())
 def test_load_champion_in_fresh_process(trained, store, planted, tmp_path) -> None:
     import torch
 
-    from ms2dist.modelio import load_model
+    from ms2dist.inference.modelio import load_model
 
     uri = "models:/midi-sandwich2@champion"
     fresh = tmp_path / "fresh"
@@ -422,7 +423,7 @@ def test_load_champion_in_fresh_process(trained, store, planted, tmp_path) -> No
         np.testing.assert_allclose(np.load(fresh / name), expected, rtol=1e-5, atol=1e-6,
                                    err_msg=name)
     # By default predict plays the notes the model's calibrated thresholds select.
-    from ms2dist.calibration import rule_for_model
+    from ms2dist.inference.calibration import rule_for_model
 
     model = load_model(trained.s2 / "model")
     assert model.ms2dist_meta["calibration"]["thresholds"]

@@ -1,13 +1,13 @@
-"""MIDI-Sandwich2 in PyTorch: VRAE, BVAE (+ RefineNet), MFG-VAE, the full model, presets, losses.
+"""MIDI-Sandwich2 in PyTorch: VRAE, BVAE (+ RefineNet), MFG-VAE, the full model, config, losses.
 
 Pure modules: no I/O, no logging, no torch.distributed. See docs/architecture.md for the
 phrase layout and each module's docstring for the design decisions.
 """
 
 from .bvae import BVAE, RefineNet
+from .config import BVAEConfig, MFGConfig, ModelConfig, RefineConfig
 from .losses import note_prf, stage1_loss, stage2_loss, stage2_loss_from_latents
 from .mfg import MFGVAE
-from .presets import PRESETS, BVAEConfig, MFGConfig, ModelConfig, RefineConfig, get_preset
 from .sandwich import MidiSandwich2, binarize, slerp
 from .vrae import VRAE, gaussian_kl, n_params, reparameterize
 
@@ -21,8 +21,6 @@ __all__ = [
     "BVAEConfig",
     "MFGConfig",
     "RefineConfig",
-    "PRESETS",
-    "get_preset",
     "binarize",
     "slerp",
     "n_params",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .presets import BVAEConfig, RefineConfig
+from .config import BVAEConfig, RefineConfig
 from .vrae import VRAE, reparameterize
 
 __all__ = ["ResidualUnit3d", "RefineNet", "BVAE", "conv3d_same"]

@@ -22,14 +22,19 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ms2dist.metrics.f1 import prf_from_counts
+
+from .mfg import MFGVAE
 from .sandwich import MidiSandwich2
 from .vrae import gaussian_kl, reparameterize
 
-__all__ = ["stage1_loss", "stage2_loss", "stage2_loss_from_latents", "note_prf", "kl_term"]
+__all__ = ["stage1_loss", "stage2_loss", "stage2_loss_from_latents", "mfg_loss", "note_prf",
+           "kl_term"]
 
 
 def kl_term(mu: Tensor, logvar: Tensor, free_bits: float) -> tuple[Tensor, Tensor]:
@@ -98,9 +103,21 @@ def stage2_loss_from_latents(
     free_bits: float = 0.0,
 ) -> tuple[Tensor, dict[str, float]]:
     """MFG-VAE loss (eq. 6) from frozen BVAE posteriors ``(N, tracks, bvae_latent)``."""
+    return mfg_loss(model.mfg, mu, logvar, kl_weight=kl_weight, free_bits=free_bits)
+
+
+def mfg_loss(
+    mfg: MFGVAE,
+    mu: Tensor,
+    logvar: Tensor,
+    *,
+    kl_weight: float = 1.0,
+    free_bits: float = 0.0,
+) -> tuple[Tensor, dict[str, float]]:
+    """:func:`stage2_loss_from_latents` given the MFG-VAE alone (what stage 2 trains)."""
     mu, logvar = mu.detach(), logvar.detach()
-    mu_hat, logvar_hat, mu_z, logvar_z = model.mfg(mu, logvar)
-    rec = model.mfg.recon_loss(mu_hat, logvar_hat, mu, logvar).mean()
+    mu_hat, logvar_hat, mu_z, logvar_z = mfg(mu, logvar)
+    rec = mfg.recon_loss(mu_hat, logvar_hat, mu, logvar).mean()
     kl_cost, kl = kl_term(mu_z, logvar_z, free_bits)
     loss = rec + kl_weight * kl_cost
     with torch.no_grad():
@@ -134,16 +151,15 @@ def note_prf(
     """Note-level precision, recall and F1 per track (last axis), pooled over everything else.
 
     ``probs``/``target`` are ``(..., tracks)``; a note is predicted where ``probs > threshold``.
-    Returns three ``(tracks,)`` tensors. Conventions for empty cases: precision = 1 when
-    nothing is predicted, recall = 1 when nothing is there, F1 = 1 when both are empty.
+    Returns three ``(tracks,)`` tensors, with :mod:`ms2dist.metrics.f1`'s convention for
+    empty tracks (F1 = 1 when nothing is there and nothing is predicted).
     """
     pred = probs > threshold
     true = target > 0.5
     dims = tuple(range(pred.dim() - 1))
-    tp = (pred & true).sum(dims).double()
-    npred, ntrue = pred.sum(dims).double(), true.sum(dims).double()
-    precision = torch.where(npred > 0, tp / npred.clamp(min=1), torch.ones_like(tp))
-    recall = torch.where(ntrue > 0, tp / ntrue.clamp(min=1), torch.ones_like(tp))
-    denom = npred + ntrue
-    f1 = torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.ones_like(tp))
-    return precision.float(), recall.float(), f1.float()
+    tp = (pred & true).sum(dims)
+    fp = (pred & ~true).sum(dims)
+    fn = (~pred & true).sum(dims)
+    prf = prf_from_counts(tp.cpu().numpy(), fp.cpu().numpy(), fn.cpu().numpy())
+    return tuple(torch.from_numpy(np.asarray(v)).float().to(probs.device)
+                 for v in prf)  # type: ignore[return-value]

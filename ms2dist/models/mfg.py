@@ -44,7 +44,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .presets import MFGConfig
+from .config import MFGConfig
 from .vrae import VRAE, GaussianHead, reparameterize
 
 __all__ = ["MFGVAE", "mlp"]

@@ -19,8 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from .bvae import BVAE
+from .config import ModelConfig
 from .mfg import MFGVAE
-from .presets import ModelConfig
 from .vrae import reparameterize
 
 __all__ = ["MidiSandwich2", "binarize", "slerp"]

@@ -1,1 +1,2 @@
-"""Training both stages with Accelerate (``ms2dist train``)."""
+"""Training both stages under Accelerate: the loop, the Stage objects, validation, checkpoints,
+resume and preemption, previews, export (see docs/architecture.md)."""

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 __all__ = ["make_accelerator", "check_world", "Preemption", "keep_lstm_fp32",
-           "EXIT_PREEMPTED", "WorldSizeError"]
+           "broadcast_from_main", "EXIT_PREEMPTED", "WorldSizeError"]
 
 # Distinct exit status after a preemption checkpoint (EX_TEMPFAIL): sbatch scripts requeue on it.
 EXIT_PREEMPTED = 75
@@ -64,6 +64,13 @@ def check_world(accelerator: Any, expect: int | None) -> None:
             f"--expect-world-size {expect} but the job runs {n} process(es); check the launch "
             f"config's num_processes/num_machines"
         )
+
+
+def broadcast_from_main(obj: Any) -> Any:
+    """The main process's ``obj`` on every rank (a collective: every rank must call it)."""
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([obj], from_process=0)[0]
 
 
 class Preemption:

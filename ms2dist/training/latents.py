@@ -9,14 +9,15 @@ resumed run sees the same batches as an uninterrupted one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ms2dist.data import eval_loader, unpack_phrases
+from ms2dist.dataset.batch import unpack_phrases
+from ms2dist.dataset.eval_stream import eval_loader
 
 __all__ = ["LatentCache"]
 
@@ -35,7 +36,8 @@ class LatentCache:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, model: Any, split_dir: Path, accelerator: Any, batch_size: int) -> LatentCache:
+    def build(cls, model: Any, split_dir: Path, accelerator: Any, batch_size: int,
+              shape: Sequence[int]) -> LatentCache:
         device = accelerator.device
         mus, lvs = [], []
         was_training = model.training
@@ -43,7 +45,7 @@ class LatentCache:
         for batch in eval_loader(split_dir, max(batch_size, 64),
                                  rank=accelerator.process_index,
                                  world_size=accelerator.num_processes):
-            x = unpack_phrases(batch["phrases"].to(device), device)
+            x = unpack_phrases(batch["phrases"].to(device), device, shape=shape)
             mu, logvar = model.encode_tracks(x)
             # encode_tracks returns one row per segment (bar-level BVAEs: 4 per phrase):
             # keep them grouped per phrase, so a batch is batch_size *phrases* as uncached.

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ms2dist import TRACKS
-from ms2dist.models.losses import stage1_loss, stage2_loss_from_latents
+from ms2dist.models.losses import mfg_loss, stage1_loss
 
 __all__ = ["Stage1Objective", "Stage2Objective", "stage1_param_groups", "bvae_posteriors"]
 
@@ -35,17 +35,15 @@ class Stage1Objective(nn.Module):
 
 
 class Stage2Objective(nn.Module):
-    """Holds the MFG-VAE only; ``owner`` (the full model) is not a registered child."""
+    """The MFG-VAE alone: its parameters are all the engine sees (the BVAEs stay outside)."""
 
-    def __init__(self, owner: nn.Module) -> None:
+    def __init__(self, mfg: nn.Module) -> None:
         super().__init__()
-        self.mfg = owner.mfg
-        self._owner = [owner]  # a list hides it from nn.Module registration
+        self.mfg = mfg
 
     def forward(self, mu: torch.Tensor, logvar: torch.Tensor, kl_weight: float,
                 free_bits: float) -> tuple[torch.Tensor, dict[str, float]]:
-        return stage2_loss_from_latents(self._owner[0], mu, logvar, kl_weight=kl_weight,
-                                        free_bits=free_bits)
+        return mfg_loss(self.mfg, mu, logvar, kl_weight=kl_weight, free_bits=free_bits)
 
 
 def stage1_param_groups(model: nn.Module, tracks: list[int]) -> tuple[list, list]:

@@ -1,0 +1,140 @@
+"""Save and load trained models as safetensors + a JSON config. Nothing is unpickled.
+
+A model directory holds ``config.json`` (the ModelConfig and metadata such as which
+tracks were trained and the data-manifest hash) and ``model.safetensors``. Loading
+builds the module from our own code and copies tensors in: a model directory (or an
+MLflow artifact) can never run code on load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model as _st_load
+from safetensors.torch import save_model as _st_save
+
+from ms2dist import __version__
+from ms2dist.layout import DEFAULT_LAYOUT, PhraseLayout
+from ms2dist.models.config import ModelConfig
+from ms2dist.yamlconfig import from_dict, to_dict
+
+__all__ = ["save_model", "load_model", "read_model_config", "resolve_model_dir",
+           "pretrained_models", "PRETRAINED_DIR",
+           "update_model_meta", "layout_of", "CONFIG_FILE", "WEIGHTS_FILE"]
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT = "ms2dist-model/1"
+
+
+def save_model(model: torch.nn.Module, cfg: ModelConfig, directory: str | Path,
+               meta: dict[str, Any] | None = None) -> Path:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    # fp32 on CPU whatever the training precision/device was.
+    cpu = {k: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu()
+           for k, v in model.state_dict().items()}
+    tmp_model = type(model)(cfg)
+    tmp_model.load_state_dict(cpu)
+    _st_save(tmp_model, str(d / WEIGHTS_FILE))  # handles shared (tied) tensors
+    payload = {"format": FORMAT, "ms2dist_version": __version__, "model": to_dict(cfg),
+               "meta": meta or {}}
+    (d / CONFIG_FILE).write_text(json.dumps(payload, indent=1, sort_keys=True))
+    return d
+
+
+PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
+
+
+def pretrained_models() -> list[str]:
+    """Names of the models shipped with the package (``pretrained:<name>``)."""
+    if not PRETRAINED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / CONFIG_FILE).is_file())
+
+
+def resolve_model_dir(source: str | Path) -> Path:
+    """A local model directory, a run directory holding ``model/``, an MLflow URI, or
+    ``pretrained:<name>`` (a model shipped inside the package)."""
+    s = str(source)
+    if s.startswith("pretrained:"):
+        name = s.split(":", 1)[1]
+        d = PRETRAINED_DIR / name
+        if not (d / CONFIG_FILE).is_file() or not (d / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(f"no pretrained model {name!r}; shipped: "
+                                    f"{', '.join(pretrained_models()) or 'none'}")
+        return d
+    if s.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=s))
+        except MlflowException as e:
+            raise FileNotFoundError(
+                f"model {s} not found in the MLflow store {mlflow.get_tracking_uri()} "
+                f"({e.message}); set MLFLOW_TRACKING_URI to the store holding it") from None
+        return _find_model_dir(local, s)
+    p = Path(s)
+    if not p.exists():
+        raise FileNotFoundError(f"model {s} does not exist (give a model directory, a training "
+                                f"output directory, or an MLflow URI such as "
+                                f"models:/midi-sandwich2@champion)")
+    return _find_model_dir(p, s)
+
+
+def _find_model_dir(p: Path, label: str) -> Path:
+    for cand in (p, p / "model", p / "ms2dist-model", p / "data" / "model"):
+        if (cand / CONFIG_FILE).is_file() and (cand / WEIGHTS_FILE).is_file():
+            return cand
+    hits = sorted(p.rglob(CONFIG_FILE))
+    for h in hits:
+        if (h.parent / WEIGHTS_FILE).is_file():
+            return h.parent
+    raise FileNotFoundError(f"{label}: no {CONFIG_FILE} + {WEIGHTS_FILE} found under {p}")
+
+
+def read_model_config(directory: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
+    payload = json.loads((Path(directory) / CONFIG_FILE).read_text())
+    if payload.get("format") != FORMAT:
+        raise ValueError(f"{directory}/{CONFIG_FILE}: not an ms2dist model "
+                         f"(format {payload.get('format')!r}, expected {FORMAT!r})")
+    return from_dict(ModelConfig, payload["model"]), payload.get("meta", {})
+
+
+def update_model_meta(directory: str | Path, meta: dict[str, Any]) -> None:
+    """Merge ``meta`` into the ``meta`` block of a model directory's config.json."""
+    read_model_config(directory)  # refuse to touch anything that is not an ms2dist model
+    path = Path(directory) / CONFIG_FILE
+    payload = json.loads(path.read_text())
+    payload.setdefault("meta", {}).update(meta)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def load_model(source: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Return the ``MidiSandwich2`` module (eval mode) from a directory or MLflow URI."""
+    from ms2dist.models import MidiSandwich2
+
+    d = resolve_model_dir(source)
+    cfg, meta = read_model_config(d)
+    model = MidiSandwich2(cfg)
+    _st_load(model, str(d / WEIGHTS_FILE), strict=True)  # raises on any missing/extra tensor
+    model.ms2dist_meta = meta
+    return model.to(device).eval()
+
+
+def layout_of(model: torch.nn.Module) -> PhraseLayout:
+    """The phrase layout a loaded model reads and writes: as recorded at export
+    (``meta.layout``), else the default layout with the model's dimensions."""
+    recorded = getattr(model, "ms2dist_meta", {}).get("layout")
+    if recorded:
+        return PhraseLayout(**recorded)
+    cfg = model.cfg
+    steps_per_beat = cfg.steps_per_bar // DEFAULT_LAYOUT.beats_per_bar
+    return PhraseLayout(n_bars=cfg.n_bars, steps_per_beat=steps_per_beat,
+                        n_pitches=cfg.n_pitches, n_tracks=cfg.n_tracks)
