@@ -20,6 +20,8 @@ __all__ = ["main", "COMMANDS"]
 # ms2dist.commands.<name>.
 COMMANDS: dict[str, tuple[str, bool]] = {
     "pack": ("pack LPD .npz / MIDI songs into WebDataset shards", False),
+    "verify": ("check a pack's shards against its manifests (sha256, checksums, counts)",
+               False),
     "train": ("train stage1 (BVAEs) or stage2 (MFG-VAE); accelerate-launchable", True),
     "sample": ("generate / restore / interpolate / complete -> MIDI, npz, PNG", False),
     "calibrate": ("fit per-track note thresholds of a model on held-out data", False),

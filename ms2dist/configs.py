@@ -38,7 +38,14 @@ from pathlib import Path
 from typing import Literal
 
 from ms2dist.models.config import BVAEConfig, MFGConfig, ModelConfig, RefineConfig
-from ms2dist.yamlconfig import ConfigError, apply_overrides, from_dict, read_yaml_mapping, to_dict
+from ms2dist.yamlconfig import (
+    ConfigError,
+    apply_overrides,
+    bounded,
+    from_dict,
+    read_yaml_mapping,
+    to_dict,
+)
 
 __all__ = ["RunConfig", "DataSection", "OptimSection", "TrainSection", "TrackingSection",
            "PRESETS", "get_preset", "run_preset", "resolve_config"]
@@ -46,47 +53,51 @@ __all__ = ["RunConfig", "DataSection", "OptimSection", "TrainSection", "Tracking
 
 @dataclass
 class DataSection:
-    batch_size: int = 32  # per process (the paper: 32 on one GPU)
-    num_workers: int = 2  # DataLoader workers per process
-    shuffle_buffer: int = 2000  # phrases
-    val_batches: int = 0  # 0 = the whole val split (exact-once); >0 caps it for speed
+    batch_size: int = bounded(32, 1)  # per process (the paper: 32 on one GPU)
+    num_workers: int = bounded(2, 0, 64)  # DataLoader workers per process
+    shuffle_buffer: int = bounded(2000, 0)  # phrases
+    val_batches: int = bounded(0, 0)  # 0 = the whole val split (exact-once); >0 caps it for speed
     latent_cache: bool = True  # stage 2: encode once with the frozen BVAEs, train on (mu, logvar)
+    # A shard that fails its checks is an error; true: skip it (warned, counted, logged)
+    # while at most max_corrupt_fraction of the split's shards are skipped.
+    skip_corrupt: bool = False
+    max_corrupt_fraction: float = bounded(0.1, 0, 1)
 
 
 @dataclass
 class OptimSection:
     optimizer: Literal["adam", "adamw", "rmsprop"] = "adam"
-    lr: float = 1e-3
-    refine_lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
+    lr: float = bounded(1e-3, above=0)
+    refine_lr: float = bounded(1e-3, above=0)
+    weight_decay: float = bounded(0.0, 0)
+    warmup_steps: int = bounded(100, 0)
     schedule: Literal["constant", "cosine"] = "cosine"
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0  # 0 disables
-    grad_accum: int = 1
+    min_lr_ratio: float = bounded(0.1, 0, 1)
+    grad_clip: float = bounded(1.0, 0)  # 0 disables
+    grad_accum: int = bounded(1, 1)
 
 
 @dataclass
 class TrainSection:
-    seed: int = 0
+    seed: int = bounded(0, 0)
     # stage 1: `vrae_steps` of VRAE training, then `refine_steps` of refine training on the
     # frozen VRAE's output (the paper's order); "joint" trains both together for vrae_steps.
     stage1_mode: Literal["sequential", "joint"] = "sequential"
-    vrae_steps: int = 20000
-    refine_steps: int = 5000
-    stage2_steps: int = 20000
-    kl_weight: float = 1.0  # stage 1 (the BVAEs)
+    vrae_steps: int = bounded(20000, 1)
+    refine_steps: int = bounded(5000, 0)
+    stage2_steps: int = bounded(20000, 1)
+    kl_weight: float = bounded(1.0, 0)  # stage 1 (the BVAEs)
     # Stage 2 (the MFG-VAE): its KL is what makes samples from noise land where real phrases
     # are encoded, so it is set apart from the BVAEs' (bench/sweep_mfg_kl.py measures it).
-    stage2_kl_weight: float = 1.0
-    kl_warmup_steps: int = 2000  # linear 0 -> the weight (avoids posterior collapse early on)
-    free_bits: float = 0.0  # nats per latent dimension below which KL is not penalised
-    eval_every: int = 1000
+    stage2_kl_weight: float = bounded(1.0, 0)
+    kl_warmup_steps: int = bounded(2000, 0)  # linear 0 -> the weight (avoids early collapse)
+    free_bits: float = bounded(0.0, 0)  # nats per latent dimension below which KL is not penalised
+    eval_every: int = bounded(1000, 1)
     eval_at_start: bool = True  # validate the untrained model once (the baseline)
-    log_every: int = 50
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
-    dist_timeout_s: int = 600  # a dead rank fails the job after at most this long
+    log_every: int = bounded(50, 1)
+    checkpoint_every: int = bounded(1000, 1)
+    keep_checkpoints: int = bounded(3, 1)
+    dist_timeout_s: int = bounded(600, 1)  # a dead rank fails the job after at most this long
 
 
 @dataclass
@@ -94,7 +105,7 @@ class TrackingSection:
     enabled: bool = True
     tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI or the embedded sqlite:///mlflow.db
     experiment: str = "ms2dist"
-    sample_every: int = 0  # 0 = only at the end; images + MIDI of samples as artifacts
+    sample_every: int = bounded(0, 0)  # 0 = only at the end; images + MIDI of samples as artifacts
     register: bool = True  # register ms2-bvae / midi-sandwich2 versions at the end
 
 

@@ -1,12 +1,17 @@
 """Dataclass configs loaded from YAML, with strict ``--section.key=value`` overrides.
 
 Unknown keys are errors everywhere (in YAML files and on the command line): a typo
-must never silently train the wrong model.
+must never silently train the wrong model. Every number declares its valid range with
+:func:`bounded` (``Literal`` fields declare their choices), checked whenever a config is
+built from data, so a bad value fails in one line naming the key, the value and the range
+before any process group or data is touched. Numbers may be written ``3e-3``, ``1E-3`` or
+(for integers) ``1e3``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -16,6 +21,7 @@ import yaml
 
 __all__ = [
     "ConfigError",
+    "bounded",
     "from_dict",
     "to_dict",
     "apply_overrides",
@@ -29,6 +35,33 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key and the fix."""
+
+
+def bounded(default: Any, lo: float | None = None, hi: float | None = None, *,
+            above: float | None = None) -> Any:
+    """A dataclass field with a valid range: ``lo <= x <= hi`` and ``x > above`` (each
+    optional); for a tuple field, every item."""
+    return dataclasses.field(default=default, metadata={"range": (lo, hi, above)})
+
+
+def _range_text(lo: float | None, hi: float | None, above: float | None) -> str:
+    parts = [f"> {above:g}"] if above is not None else []
+    if lo is not None and hi is not None:
+        parts.append(f"{lo:g}..{hi:g}")
+    elif lo is not None:
+        parts.append(f">= {lo:g}")
+    elif hi is not None:
+        parts.append(f"<= {hi:g}")
+    return " and ".join(parts)
+
+
+def _check_range(value: Any, rng: tuple, where: str) -> None:
+    lo, hi, above = rng
+    for v in value if isinstance(value, (tuple, list)) else (value,):
+        if (lo is not None and v < lo) or (hi is not None and v > hi) or \
+                (above is not None and not v > above):
+            raise ConfigError(f"{where}: {value!r} is out of range (valid: "
+                              f"{_range_text(lo, hi, above)})")
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -90,6 +123,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: expected true/false, got {value!r}")
     if tp is int:
+        if isinstance(value, (str, float)) and not isinstance(value, bool):
+            # "1e3" (a string to PyYAML) or 1000.0: an integer written as a float.
+            try:
+                f = float(value)
+            except ValueError:
+                f = math.nan
+            if math.isfinite(f) and f.is_integer():
+                return int(f)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
@@ -97,11 +138,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, str):
             # YAML 1.1 (PyYAML) reads "3e-3" as a string; a float field takes it as the number.
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -120,9 +163,14 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
             f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
             f"valid keys of {cls.__name__}: {', '.join(sorted(types_))}"
         )
+    ranges = {f.name: f.metadata["range"] for f in dataclasses.fields(cls)
+              if "range" in f.metadata}
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _coerce(value, types_[name], f"{where}.{name}" if where else name)
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _coerce(value, types_[name], key)
+        if name in ranges and kwargs[name] is not None:
+            _check_range(kwargs[name], ranges[name], key)
     return cls(**kwargs)
 
 

@@ -5,27 +5,45 @@ pianoroll ``.npz`` and a PNG per sample.
     ms2dist sample --model runs/s2 --mode restore --input song.npz --n 2 --out out/
     ms2dist sample --model runs/s2 --mode interpolate --input a.npz b.mid --n 8 --out out/
     ms2dist sample --model runs/s2 --mode complete --input song.npz --keep Piano --out out/
+
+Samples are computed, binarised and written ``--batch-size`` at a time, so memory does not
+grow with ``--n`` and the files of finished batches are on disk if the run is interrupted
+(``<mode>_index.json`` and ``summary.json`` come at the end; an interrupted run writes them
+for the samples it finished). The latent noise is drawn per block of :data:`NOISE_BLOCK`
+samples, each block exactly as the model's own method (``generate``, ``restore``, ...)
+draws it for that many phrases from the block's seed (the first block: ``--seed``), so the
+files do not depend on ``--batch-size``, and for ``--n`` up to ``NOISE_BLOCK`` they are
+those of one call of the model's method (the single-batch output of earlier versions).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ms2dist import TRACKS
 from ms2dist.inference.calibration import CalibrationError, rule_for_model
 from ms2dist.inference.modelio import layout_of, load_model
 from ms2dist.layout import parse_tracks
-from ms2dist.music.files import DEFAULT_BPM, write_outputs
+from ms2dist.models.sandwich import binarize, slerp
+from ms2dist.music.files import DEFAULT_BPM, OutputIndex, write_outputs
 from ms2dist.songs.files import FORMATS, file_phrases
 
-__all__ = ["add_arguments", "main"]
+__all__ = ["add_arguments", "main", "NOISE_BLOCK"]
+
+# Samples per block of latent noise (see the module docstring): small enough that a
+# block's noise is a few MB, large enough that most runs are one block.
+NOISE_BLOCK = 1024
+COMPLETE_ITERS = 5  # MidiSandwich2.complete's default n_iter (with init="prior", sample=True)
+EXIT_INTERRUPTED = 130
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                       "no-fusion"], default="generate")
     p.add_argument("--n", type=int, default=4, help="samples (generate), phrases (restore, "
                    "complete) or interpolation steps")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="samples computed and written at a time (memory, not results)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--input", nargs="*", type=Path, default=[],
@@ -63,6 +83,8 @@ def _argument_error(args: argparse.Namespace) -> str | None:
     """What is wrong with the arguments, checked before the (slow) model and song loading."""
     if args.n < 1:
         return f"--n must be at least 1, got {args.n}"
+    if args.batch_size < 1:
+        return f"--batch-size must be at least 1, got {args.batch_size}"
     needs_input = args.mode in ("restore", "interpolate", "complete")
     if needs_input and not args.input:
         return f"--mode {args.mode} needs --input SONG [SONG ...] (.npz LPD or .mid)"
@@ -96,7 +118,11 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     except (FileNotFoundError, ValueError) as e:
         return _fail(f"--model: {e}")
     meta = getattr(model, "ms2dist_meta", {})
-    layout = layout_of(model)
+    if meta.get("stage") == "stage1" and args.mode != "no-fusion":
+        # Its MFG-VAE never saw data: every other mode would write noise and exit 0.
+        return _fail(f"{args.model} is a stage-1 model (its MFG-VAE is untrained), so --mode "
+                     f"{args.mode} cannot work: use --mode no-fusion, or train stage 2 first "
+                     f"(ms2dist train stage2 --stage1 {args.model} ...)")
     try:
         rule = rule_for_model(meta, args.binarize, args.threshold, label=str(args.model))
     except CalibrationError as e:
@@ -104,62 +130,287 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     if rule.rule == "threshold" and args.threshold is None and args.binarize is None:
         print(f"ms2dist sample: warning: {args.model} has no calibrated thresholds; using "
               f"threshold 0.5 (fit them with `ms2dist calibrate`)", file=sys.stderr)
-    if meta.get("stage") == "stage1" and args.mode != "no-fusion":
-        print(f"ms2dist sample: warning: {args.model} is a stage-1 model (its MFG-VAE is "
-              f"untrained); only --mode no-fusion is meaningful", file=sys.stderr)
     refine = not args.no_refine
     bpm = args.tempo or (songs[0][1] if songs else DEFAULT_BPM)
-    probs, titles, x = _probabilities(model, args, songs, kept, refine)
-    if x is not None:  # the input phrases, next to what became of them
-        phrases = x.cpu().numpy() > 0.5
-        write_outputs(phrases.astype(np.float32), phrases, args.out, "input", bpm=bpm,
-                      titles=[f"input phrase {i}" for i in range(len(x))],
-                      pictures=not args.no_png, layout=layout)
-    g = torch.Generator(device=probs.device).manual_seed(args.seed)
-    binary = rule.apply(probs, refine=refine, generator=g)
-    if kept is not None:
-        # The kept tracks come back exactly as given, whatever the binariser does.
-        binary[..., kept] = x[..., kept] > 0.5
-    titles = [f"{t}, {rule.short()}"
-              for t in (titles or [f"{args.mode} {i}" for i in range(len(probs))])]
-    index = write_outputs(probs.float().cpu().numpy(), binary.cpu().numpy(), args.out,
-                          args.mode, bpm=bpm, titles=titles, pictures=not args.no_png,
-                          layout=layout)
-    summary = {"model": str(args.model), "mode": args.mode, "seed": args.seed,
-               "n": len(index), "inputs": [str(p) for p in args.input], "tempo_bpm": bpm,
-               "binarize": rule.to_json(refine), "threshold": args.threshold,
-               "temperature": args.temperature, "refine": refine,
-               "keep": [TRACKS[k] for k in kept] if kept is not None else None,
-               "files": index}
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    for entry in index:
-        counts = entry["notes_per_track"]
-        print(f"{Path(entry['midi']).name}: " + ", ".join(f"{t} {counts[t]}" for t in TRACKS)
-              + f" notes ({sum(counts.values())} in all)")
-    print(f"wrote {len(index)} {args.mode} sample(s) to {args.out} "
+    with torch.no_grad():
+        plan = _plan(model, args, songs, kept, refine)
+    run = _Run(args, rule, refine, bpm, layout_of(model), kept, with_inputs=plan.x is not None)
+    try:
+        with torch.no_grad():
+            _sample_all(plan, run)
+    except KeyboardInterrupt:
+        run.finish(interrupted=True)
+        print(f"ms2dist sample: interrupted: the {run.index.n} sample(s) of finished batches "
+              f"are in {args.out} (of {plan.n})", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    run.finish()
+    print(f"wrote {run.index.n} {args.mode} sample(s) to {args.out} "
           f"(.mid, .npz{'' if args.no_png else ', .png'}); notes played by "
           f"{rule.describe(refine)}")
     return 0
 
 
-def _probabilities(model: Any, args: argparse.Namespace, songs: list, kept: list[int] | None,
-                   refine: bool) -> tuple[torch.Tensor, list[str] | None, torch.Tensor | None]:
-    """The mode's note probabilities, its titles, and the input phrases (modes with input)."""
-    device = torch.device(args.device)
-    if args.mode in ("generate", "no-fusion"):
-        fn = model.generate if args.mode == "generate" else model.generate_no_fusion
-        return fn(args.n, temperature=args.temperature, seed=args.seed, refine=refine), None, None
+# --------------------------------------------------------------------- the plan
+
+
+@dataclass
+class _Plan:
+    """What a mode computes: ``n`` samples; ``inputs(a, k)`` -> the per-sample inputs of
+    samples ``[a, a + k)`` (tensors or lists, sample-major), ``compute(cols)`` -> their note
+    probabilities; ``x``: the input phrases (modes with input, written beside)."""
+
+    n: int
+    inputs: Callable[[int, int], list[Any]]
+    compute: Callable[[list[Any]], torch.Tensor]
+    title: Callable[[int], str]
+    x: np.ndarray | None = None
+
+
+def _block_seed(seed: int, block: int) -> int:
+    """Block 0 is ``seed`` itself; later blocks get seeds no small ``--seed`` collides with
+    (``seed + offset`` would make ``--seed 1024`` replay block 1 of ``--seed 0``)."""
+    if block == 0:
+        return seed
+    return int(np.random.SeedSequence([seed % 2**64, block]).generate_state(1, np.uint64)[0])
+
+
+class _Noise:
+    """The latent noise of samples ``[a, a + k)``, drawn one block of :data:`NOISE_BLOCK`
+    samples at a time by ``draw(block_size, generator_seed)`` (sample-major tensors)."""
+
+    def __init__(self, draw: Callable[[int, int], list[torch.Tensor]], n: int, seed: int):
+        self.draw, self.n, self.seed = draw, n, seed
+        self.block, self.cols = -1, []
+
+    def rows(self, a: int, k: int) -> list[torch.Tensor]:
+        parts = []
+        while k > 0:
+            b, lo = divmod(a, NOISE_BLOCK)
+            if b != self.block:  # batches come in order: one block at a time is enough
+                self.block = b
+                self.cols = self.draw(min(NOISE_BLOCK, self.n - b * NOISE_BLOCK),
+                                      _block_seed(self.seed, b))
+            take = min(k, len(self.cols[0]) - lo)
+            parts.append([c[lo:lo + take] for c in self.cols])
+            a, k = a + take, k - take
+        return [torch.cat(cs) if len(cs) > 1 else cs[0] for cs in zip(*parts, strict=True)]
+
+
+def _sampled_decode(model: Any, z: torch.Tensor, e: torch.Tensor, refine: bool) -> torch.Tensor:
+    """``model.decode(z, sample_bvae=True)`` with the BVAE noise ``e`` given."""
+    mu, logvar = model.mfg.decode(z)
+    return model.decode_tracks(mu + (0.5 * logvar).exp() * e, refine)
+
+
+class _Draws:
+    """The model's noise, drawn on its device in the dtype, shapes and order of its own
+    methods, all rows sample-major: ``(kb, S, ...)``."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.dev = model, model.device
+        self.dtype = next(model.parameters()).dtype
+        self.S, self.T = model.n_segments, model.cfg.n_tracks
+        self.L, self.Z = model.cfg.bvae.latent, model.cfg.mfg.latent
+
+    def gen(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.dev).manual_seed(seed)
+
+    def normal(self, kb: int, width: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
+        """``randn((kb * S, *width))`` (as ``reparameterize`` draws it), viewed per sample."""
+        e = torch.randn((kb * self.S, *width), generator=g, device=self.dev, dtype=self.dtype)
+        return e.view(kb, self.S, *width)
+
+    def mfg_prior(self, kb: int, temperature: float, g: torch.Generator) -> torch.Tensor:
+        return self.model.mfg.sample_prior(kb * self.S, temperature, g).view(kb, self.S, -1)
+
+    def bvae_priors(self, kb: int, temperature: float, g: torch.Generator) -> torch.Tensor:
+        """As ``generate_no_fusion``: each track's prior in turn -> ``(kb, S, T, L)``."""
+        return torch.stack([self.model.bvae(t).sample_prior(kb, temperature, g)
+                            for t in range(self.T)], 2)
+
+
+def _plan(model: Any, args: argparse.Namespace, songs: list, kept: list[int] | None,
+          refine: bool) -> _Plan:
+    """The mode's plan. Its noise is drawn in the order and shapes of the model's method."""
     if args.mode == "interpolate":
-        a = songs[0][0][0]
-        b = songs[1][0][0] if len(songs) > 1 else songs[0][0][min(1, len(songs[0][0]) - 1)]
-        xa = torch.as_tensor(a, dtype=torch.float32, device=device)
-        xb = torch.as_tensor(b, dtype=torch.float32, device=device)
-        probs = model.interpolate(xa, xb, steps=max(2, args.n), refine=refine)
-        return probs, [f"interpolation step {i}" for i in range(len(probs))], None
-    phrases = np.concatenate([s[0] for s in songs])[: args.n]
-    x = torch.as_tensor(phrases, dtype=torch.float32, device=device)
+        return _interpolate_plan(model, args, songs, refine)
+    if args.mode in ("generate", "no-fusion"):
+        return _prior_plan(model, args, refine)
+    return _input_plan(model, args, songs, kept, refine)
+
+
+def _prior_plan(model: Any, args: argparse.Namespace, refine: bool) -> _Plan:
+    """``generate`` (``model.generate``) and ``no-fusion`` (``model.generate_no_fusion``)."""
+    d, temp = _Draws(model), args.temperature
+    if args.mode == "generate":
+        def draw(kb: int, seed: int) -> list[torch.Tensor]:
+            g = d.gen(seed)  # the MFG prior first, then the BVAE sampling noise
+            return [d.mfg_prior(kb, temp, g), d.normal(kb, (d.T, d.L), g)]
+
+        def compute(c: list[Any]) -> torch.Tensor:
+            return _sampled_decode(model, c[0].flatten(0, 1), c[1].flatten(0, 1), refine)
+    else:
+        def draw(kb: int, seed: int) -> list[torch.Tensor]:
+            return [d.bvae_priors(kb, temp, d.gen(seed))]
+
+        def compute(c: list[Any]) -> torch.Tensor:
+            return model.decode_tracks(c[0].flatten(0, 1), refine)
+    noise = _Noise(draw, args.n, args.seed)
+    return _Plan(args.n, noise.rows, compute, lambda i: f"{args.mode} {i}")
+
+
+def _input_plan(model: Any, args: argparse.Namespace, songs: list, kept: list[int] | None,
+                refine: bool) -> _Plan:
+    """``restore`` (``model.restore``) and ``complete`` (``model.complete``): the input
+    phrases are the first column, then the noise."""
+    d = _Draws(model)
+    x = np.concatenate([s[0] for s in songs])[: args.n]
+    iters = 1 if args.mode == "restore" else COMPLETE_ITERS
+
+    def draw(kb: int, seed: int) -> list[torch.Tensor]:
+        # complete: the BVAE priors (a generator of their own), then per round trip the
+        # MFG-posterior and the BVAE noise from one generator, as model.complete draws them.
+        cols = [d.bvae_priors(kb, 1.0, d.gen(seed))] if args.mode == "complete" else []
+        g = d.gen(seed)
+        for _ in range(iters):
+            cols += [d.normal(kb, (d.Z,), g), d.normal(kb, (d.T, d.L), g)]
+        return cols
+
+    noise = _Noise(draw, len(x), args.seed)
+
+    def inputs(a: int, k: int) -> list[Any]:
+        return [torch.as_tensor(x[a:a + k], dtype=torch.float32, device=d.dev),
+                *noise.rows(a, k)]
+
     if args.mode == "restore":
-        probs = model.restore(x, seed=args.seed, refine=refine)
-        return probs, [f"restored phrase {i}" for i in range(len(x))], x
-    probs = model.complete(x, kept, seed=args.seed, refine=refine)
-    return probs, [f"phrase {i} completed from {args.keep}" for i in range(len(x))], x
+        return _Plan(len(x), inputs, lambda c: _restore(model, *c, refine=refine),
+                     lambda i: f"restored phrase {i}", x)
+    return _Plan(len(x), inputs, lambda c: _complete(model, c[0], kept, c[1], c[2:], refine),
+                 lambda i: f"phrase {i} completed from {args.keep}", x)
+
+
+def _restore(model: Any, x: torch.Tensor, e1: torch.Tensor, e2: torch.Tensor, *,
+             refine: bool) -> torch.Tensor:
+    """``model.restore(x)`` with its two noises given (MFG posterior, then BVAE)."""
+    mu_z, logvar_z = model.encode(x)
+    z = mu_z + (0.5 * logvar_z).exp() * e1.flatten(0, 1)
+    return _sampled_decode(model, z, e2.flatten(0, 1), refine)
+
+
+def _complete(model: Any, x: torch.Tensor, kept: list[int] | None, prior_z: torch.Tensor,
+              eps: list[torch.Tensor], refine: bool) -> torch.Tensor:
+    """``model.complete(x, kept)`` (init from the BVAE priors, sampled round trips, 0.5
+    between iterations) with its noise given: the prior latents, then per iteration the
+    MFG-posterior and BVAE noise."""
+    keep = torch.zeros(model.cfg.n_tracks, dtype=torch.bool, device=x.device)
+    keep[list(kept or [])] = True
+    start = binarize(model.decode_tracks(prior_z.flatten(0, 1), refine), "threshold", 0.5)
+    out = torch.where(keep, x, start)
+    for e1, e2 in zip(eps[0::2], eps[1::2], strict=True):
+        cur = torch.where(keep, x, binarize(out, "threshold", 0.5))
+        out = torch.where(keep, x, _restore(model, cur, e1, e2, refine=refine))
+    return out
+
+
+def _interpolate_plan(model: Any, args: argparse.Namespace, songs: list, refine: bool) -> _Plan:
+    """``model.interpolate``: slerp between the two phrases' MFG means, decoded without
+    noise; one step per sample."""
+    dev = model.device
+    a = songs[0][0][0]
+    b = songs[1][0][0] if len(songs) > 1 else songs[0][0][min(1, len(songs[0][0]) - 1)]
+    za, _ = model.encode(torch.as_tensor(a, dtype=torch.float32, device=dev)[None])  # (S, Z)
+    zb, _ = model.encode(torch.as_tensor(b, dtype=torch.float32, device=dev)[None])
+    steps = max(2, args.n)
+    ts = torch.linspace(0.0, 1.0, steps).tolist()
+
+    def compute(c: list[Any]) -> torch.Tensor:
+        z = torch.cat([slerp(za, zb, t) for t in c[0]])  # (k * S, Z), phrase-major
+        return model.decode(z, refine=refine, sample_bvae=False)
+
+    return _Plan(steps, lambda i, k: [ts[i:i + k]], compute, lambda i: f"interpolation step {i}")
+
+
+# ------------------------------------------------------------------ the batches
+
+
+def _sample_all(plan: _Plan, run: _Run) -> None:
+    """Compute, binarise and write every batch, with a progress bar (on a terminal)."""
+    bar = tqdm(total=plan.n, unit="sample", desc=f"sample {run.args.mode}", file=sys.stderr,
+               disable=None)
+    try:
+        for a in range(0, plan.n, run.args.batch_size):
+            k = min(run.args.batch_size, plan.n - a)
+            cols = plan.inputs(a, k)
+            # Kernels may round a batch of one phrase differently from a larger one (the
+            # CPU conv3d does): never run one phrase alone unless it is the only one.
+            pad = k == 1 and plan.n > 1
+            if pad:
+                cols = [torch.cat([c, c]) if torch.is_tensor(c) else c + c for c in cols]
+            probs = plan.compute(cols)[:k]
+            x = cols[0][:k] if plan.x is not None else None
+            run.write(a, probs, x, [plan.title(i) for i in range(a, a + k)], bar)
+            bar.update(k)
+    finally:
+        bar.close()
+
+
+class _Run:
+    """Binarising and writing the batches of one run, and its index and summary."""
+
+    def __init__(self, args: argparse.Namespace, rule: Any, refine: bool, bpm: float,
+                 layout: Any, kept: list[int] | None, with_inputs: bool) -> None:
+        self.args, self.rule, self.refine, self.bpm = args, rule, refine, bpm
+        self.layout, self.kept = layout, kept
+        self.g: torch.Generator | None = None  # bernoulli draws: one stream for the run
+        self.index = OutputIndex(args.out, args.mode)
+        self.inputs = OutputIndex(args.out, "input") if with_inputs else None
+
+    def write(self, a: int, probs: torch.Tensor, x: torch.Tensor | None, titles: list[str],
+              bar: Any) -> None:
+        if self.g is None:
+            self.g = torch.Generator(device=probs.device).manual_seed(self.args.seed)
+        binary = self.rule.apply(probs, refine=self.refine, generator=self.g)
+        pictures = not self.args.no_png
+        inputs = []
+        if x is not None:  # the input phrases, next to what became of them
+            phrases = x.cpu().numpy() > 0.5
+            inputs = write_outputs(
+                phrases.astype(np.float32), phrases, self.args.out, "input", bpm=self.bpm,
+                titles=[f"input phrase {i}" for i in range(a, a + len(x))], pictures=pictures,
+                layout=self.layout, start=a, index=False)
+        if self.kept is not None:
+            # The kept tracks come back exactly as given, whatever the binariser does.
+            binary[..., self.kept] = x[..., self.kept] > 0.5
+        entries = write_outputs(
+            probs.float().cpu().numpy(), binary.cpu().numpy(), self.args.out, self.args.mode,
+            bpm=self.bpm, titles=[f"{t}, {self.rule.short()}" for t in titles],
+            pictures=pictures, layout=self.layout, start=a, index=False)
+        if self.inputs is not None:  # the two indexes grow together, batch by batch
+            self.inputs.add(inputs)
+        self.index.add(entries)
+        for entry in entries:
+            counts = entry["notes_per_track"]
+            bar.write(f"{Path(entry['midi']).name}: "
+                      + ", ".join(f"{t} {counts[t]}" for t in TRACKS)
+                      + f" notes ({sum(counts.values())} in all)", file=sys.stdout)
+
+    def finish(self, interrupted: bool = False) -> None:
+        """``<mode>_index.json``, ``input_index.json`` and ``summary.json`` of the samples
+        written (all of them, unless ``interrupted``)."""
+        if interrupted and self.index.recount() == 0:
+            self.index.discard()
+            if self.inputs is not None:
+                self.inputs.discard()
+            return
+        if self.inputs is not None:
+            self.inputs.finish()
+        a = self.args
+        summary = {"model": str(a.model), "mode": a.mode, "seed": a.seed, "n": self.index.n,
+                   "inputs": [str(p) for p in a.input], "tempo_bpm": self.bpm,
+                   "binarize": self.rule.to_json(self.refine), "threshold": a.threshold,
+                   "temperature": a.temperature, "refine": self.refine,
+                   "keep": [TRACKS[k] for k in self.kept] if self.kept is not None else None}
+        if interrupted:
+            summary["interrupted"] = True
+        self.index.write_into(a.out / "summary.json", summary, "files")
+        self.index.finish()

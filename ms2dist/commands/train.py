@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ms2dist import TRACKS
 from ms2dist.configs import resolve_config
+from ms2dist.dataset.blocks import CorruptShardError
 from ms2dist.layout import parse_tracks
 from ms2dist.tracking.connect import TrackingUnavailable
 from ms2dist.training.assemble import assemble
@@ -76,7 +77,8 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
                    launch_config=args.launch_config, max_steps=args.max_steps)
     try:
         return train(job)
-    except (FileNotFoundError, WorldSizeError, TrackingUnavailable, StageMismatch) as e:
+    except (FileNotFoundError, WorldSizeError, TrackingUnavailable, StageMismatch,
+            CorruptShardError) as e:
         # Known failure modes (missing data, wrong world, tracking server down) get one
         # clear line instead of a traceback from every rank.
         print(f"ms2dist train {args.stage}: error: {e}", file=sys.stderr)

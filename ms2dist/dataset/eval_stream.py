@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ms2dist import TRACKS
 from ms2dist.dataset.batch import batch_dict, no_collate, to_torch
-from ms2dist.dataset.blocks import CorruptShardError, blocks_or_skip
+from ms2dist.dataset.blocks import CorruptShardError, SkipBudget, blocks_or_skip
 from ms2dist.dataset.manifest import SplitInfo, read_split
 
 __all__ = ["EvalLoader", "eval_loader"]
@@ -28,12 +28,13 @@ __all__ = ["EvalLoader", "eval_loader"]
 
 class _EvalStream(IterableDataset):
     def __init__(self, info: SplitInfo, batch_size: int, lo: int, hi: int, n_batches: int,
-                 num_workers: int, skip_corrupt: bool):
+                 num_workers: int, skip_corrupt: bool, max_corrupt_fraction: float = 1.0):
         super().__init__()
         self.info, self.batch_size = info, batch_size
         self.lo, self.hi, self.n_batches = lo, hi, n_batches
         self.n_workers = max(1, num_workers)
         self.skip_corrupt = skip_corrupt
+        self.budget = SkipBudget(len(info.shards), max_corrupt_fraction)
 
     def _empty(self):
         B, nb = self.batch_size, self.info.phrase_bytes
@@ -65,7 +66,9 @@ class _EvalStream(IterableDataset):
                       if self.lo + j * B < s_hi and min(self.lo + (j + 1) * B, self.hi) > s_lo]
             if wanted and s_lo < self.hi and s_hi > self.lo:
                 pos = s_lo
-                for block in blocks_or_skip(shard, self.info.phrase_bytes, self.skip_corrupt):
+                blocks = blocks_or_skip(shard, self.info.phrase_bytes, self.skip_corrupt, count,
+                                        self.budget)
+                for block in blocks:
                     k = len(block)
                     p = np.arange(pos, pos + k)
                     pos += k
@@ -86,9 +89,6 @@ class _EvalStream(IterableDataset):
                         buf["nonempty"][rows] = block.nonempty[m]
                         buf["song"][rows] = block.song_id[m]
                         buf["valid"][rows] = True
-                if pos != s_hi and not self.skip_corrupt:
-                    raise CorruptShardError(
-                        f"corrupt shard {shard}: {pos - s_lo} phrases, manifest says {count}")
             # batches entirely before the next shard are complete
             while pending and min(self.lo + (pending[0] + 1) * B, self.hi) <= s_hi:
                 j = pending.pop(0)
@@ -101,7 +101,7 @@ class EvalLoader:
     """Every phrase of a split once across ranks; the same number of batches on each rank."""
 
     def __init__(self, info: SplitInfo, batch_size: int, rank: int, world_size: int,
-                 num_workers: int, skip_corrupt: bool):
+                 num_workers: int, skip_corrupt: bool, max_corrupt_fraction: float = 1.0):
         self.info = info
         self.batch_size = batch_size
         n = info.n_phrases
@@ -109,14 +109,14 @@ class EvalLoader:
         self.lo, self.hi = min(rank * per, n), min((rank + 1) * per, n)
         self.n_batches = math.ceil(per / batch_size)
         self.num_workers = num_workers
-        self.skip_corrupt = skip_corrupt
+        self.skip_corrupt, self.max_corrupt_fraction = skip_corrupt, max_corrupt_fraction
 
     def __len__(self) -> int:
         return self.n_batches
 
     def __iter__(self) -> Iterator[dict]:
         ds = _EvalStream(self.info, self.batch_size, self.lo, self.hi, self.n_batches,
-                         self.num_workers, self.skip_corrupt)
+                         self.num_workers, self.skip_corrupt, self.max_corrupt_fraction)
         dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers,
                         collate_fn=no_collate)
         expect = 0
@@ -138,6 +138,7 @@ def eval_loader(
     world_size: int = 1,
     num_workers: int = 0,
     skip_corrupt: bool = False,
+    max_corrupt_fraction: float = 1.0,
 ) -> EvalLoader:
     """Exact-once evaluation batches for one rank (``valid`` marks real rows)."""
     if not 0 <= rank < world_size:
@@ -145,4 +146,4 @@ def eval_loader(
     if batch_size < 1 or num_workers < 0:
         raise ValueError("batch_size >= 1 and num_workers >= 0 required")
     return EvalLoader(read_split(split_dir), batch_size, rank, world_size, num_workers,
-                      skip_corrupt)
+                      skip_corrupt, max_corrupt_fraction)

@@ -3,6 +3,7 @@
 Output layout (``--out``, default ``shards/<name>``)::
 
     <out>/rejects.jsonl                 every rejected input, with the reason
+    <out>/near_duplicates.jsonl         packed songs that start like one in another split
     <out>/<split>/manifest.json         counts, shard list (sha256, phrase counts), settings
     <out>/<split>/shard-00000.tar ...   WebDataset tar shards
     <out>/<split>/.progress.jsonl       finished-shard records (resume)
@@ -18,8 +19,15 @@ and a shard is closed at the first song boundary at or after ``--phrases-per-sha
 phrases. Tar headers are fixed (mtime 0, uid/gid 0, no user names), so the same inputs and
 settings give byte-identical shards.
 
+Duplicates: a song whose content (``Song.content_hashes``: its note onsets, from the first
+one) equals an earlier packed song's, in the one global input order the results are taken
+in, is rejected ("duplicate of <first path>"), whatever its name, format or split. A packed
+song whose first ``NEAR_BARS`` bars equal an earlier packed song's in another split is only
+reported (``near_duplicates.jsonl``): a cheap signature of edited or cut versions.
+
 Resume (:mod:`ms2dist.dataset.writer`): a re-run with the same settings and inputs keeps
-every recorded shard whose size and sha256 check out and reads only the songs after it.
+every recorded shard whose size and sha256 check out and reads only the songs after it;
+the hashes of the songs in kept shards (in their records) stand for the songs not read again.
 """
 
 from __future__ import annotations
@@ -54,6 +62,9 @@ from ms2dist.songs.song import RejectError, song_id_for
 __all__ = ["pack", "PackResult", "PackUsageError", "process_song", "SHARD_FORMAT"]
 
 CONFIG_NAME = ".pack-config.json"
+NEAR_NAME = "near_duplicates.jsonl"
+NEAR_BARS = 16  # near-duplicates: the same first 16 bars (4 phrases of the default layout)
+Task = tuple[str, int, str, str]  # (split, position in the split, path, song id)
 
 
 class PackUsageError(Exception):
@@ -69,6 +80,8 @@ class SongResult:
     index: np.ndarray | None = None
     nonempty: np.ndarray | None = None
     reason: str | None = None
+    content_hash: str | None = None  # of the whole song (packed songs only)
+    head_hash: str | None = None  # of its first NEAR_BARS bars
     handover: tuple[str, int] | None = None  # (tmpfs file, phrase count) from a worker
 
 
@@ -82,7 +95,7 @@ def _init_worker(cfg: PhraseConfig, fmt: str, handover_dir: str | None = None) -
         keep_freed_buffers()
 
 
-def _process(task: tuple[str, int, str, str]) -> SongResult:
+def _process(task: Task) -> SongResult:
     split, pos, path, song_id = task
     assert _WORKER_CFG is not None
     cfg, fmt, handover = _WORKER_CFG
@@ -129,6 +142,7 @@ def process_song(path: str, song_id: str, pos: int, cfg: PhraseConfig, fmt: str)
                 f"{cfg.lowest_pitch}..{cfg.lowest_pitch + cfg.n_pitches - 1}, {n_bars} bars)"
             )
         res.packed, res.index, res.nonempty = pack_bits(phrases), index, nonempty
+        res.content_hash, res.head_hash = song.content_hashes(NEAR_BARS)
     except RejectError as e:
         res.reason = str(e)
     except MemoryError:
@@ -144,6 +158,7 @@ class PackResult:
     n_inputs: int = 0
     n_packed_songs: int = 0
     n_rejected: int = 0
+    n_near_duplicates: int = 0
     n_phrases: dict[str, int] = field(default_factory=dict)
     n_songs: dict[str, int] = field(default_factory=dict)
     n_shards: dict[str, int] = field(default_factory=dict)
@@ -159,10 +174,13 @@ class PackResult:
         rate = self.n_read / self.seconds if self.seconds > 0 else 0.0
         resumed = f"; {self.n_resumed_shards} shards kept from an earlier run" \
             if self.n_resumed_shards else ""
+        near = f"; {self.n_near_duplicates} near-duplicates across splits (the same first " \
+            f"{NEAR_BARS} bars, see {self.out / NEAR_NAME})" if self.n_near_duplicates else ""
         return (
             f"ms2dist pack: {self.n_inputs} inputs = {self.n_packed_songs} packed + "
             f"{self.n_rejected} rejected (see {self.out / 'rejects.jsonl'}); {per}; "
             f"{self.n_read} songs read in {self.seconds:.1f} s ({rate:.1f} songs/s){resumed}"
+            f"{near}"
         )
 
 
@@ -239,27 +257,19 @@ def pack(
         "block_size": block_size, "inputs_sha256": fingerprint, "n_inputs": len(files),
     }, overwrite)
 
-    writers: dict[str, SplitWriter] = {}
-    tasks: list[tuple[str, int, str, str]] = []
+    writers, tasks = _open_writers(out, plan, phrases_per_shard, block_size)
     result = PackResult(out=out, n_inputs=len(files))
-    for s in SPLITS:
-        d = out / s
-        d.mkdir(exist_ok=True)
-        for p in d.glob("*.tmp"):
-            p.unlink()
-        records = load_records(d)
-        result.n_resumed_shards += len(records)
-        w = SplitWriter(d, s, phrases_per_shard, block_size, records)
-        writers[s] = w
-        tasks += [(s, i, path, sid) for i, (path, sid) in enumerate(plan[s]) if i >= w.cursor]
+    result.n_resumed_shards = sum(len(w.records) for w in writers.values())
     # one global order (input order) so progress is even across splits
     order = {str(f): i for i, f in enumerate(files)}
     tasks.sort(key=lambda t: order[t[2]])
     if max_songs is not None:
         tasks = tasks[:max_songs]
 
+    first = {h: path for path, _, h, _ in _kept_songs(writers, plan)}
     results = _run(tasks, cfg, fmt, workers, progress)
     for (s, *_), r in zip(tasks, results, strict=True):
+        _reject_duplicate(r, first)
         writers[s].add(r)
         result.n_read += 1
     if max_songs is not None and len(tasks) == max_songs:
@@ -273,9 +283,66 @@ def pack(
         w.finish()
     _write_manifests(writers, early_rejects, result, name=name, split=split, cfg=cfg,
                      phrases_per_shard=phrases_per_shard, block_size=block_size)
+    result.n_near_duplicates = _write_near_duplicates(writers, plan, order, out)
     result.seconds = time.perf_counter() - t0
     assert result.n_packed_songs + result.n_rejected == result.n_inputs, "lost an input"
     return result
+
+
+def _open_writers(out: Path, plan: dict[str, list[tuple[str, str]]], phrases_per_shard: int,
+                  block_size: int) -> tuple[dict[str, SplitWriter], list[Task]]:
+    """Each split's writer, resumed after its kept shards, and the songs left to read."""
+    writers: dict[str, SplitWriter] = {}
+    tasks: list[Task] = []
+    for s in SPLITS:
+        d = out / s
+        d.mkdir(exist_ok=True)
+        for p in d.glob("*.tmp"):
+            p.unlink()
+        w = SplitWriter(d, s, phrases_per_shard, block_size, load_records(d))
+        writers[s] = w
+        tasks += [(s, i, path, sid) for i, (path, sid) in enumerate(plan[s]) if i >= w.cursor]
+    return writers, tasks
+
+
+def _reject_duplicate(r: SongResult, first: dict[str, str]) -> None:
+    """Reject ``r`` when an earlier packed song has its content; else record it as the first.
+
+    Called in the global input order, so "earlier" never depends on ``workers``."""
+    if r.reason is not None or r.content_hash is None:
+        return
+    path = first.setdefault(r.content_hash, r.path)
+    if path != r.path:
+        r.reason = f"duplicate of {path}"
+        r.packed = r.index = r.nonempty = None
+
+
+def _kept_songs(writers: dict[str, SplitWriter], plan: dict[str, list[tuple[str, str]]]
+                ) -> list[tuple[str, str, str, str]]:
+    """(path, split, hash, head hash) of the songs in the finished shards."""
+    return [(plan[s][pos][0], s, h, head) for s, w in writers.items()
+            for rec in w.records for pos, h, head in rec["hashes"]]
+
+
+def _write_near_duplicates(writers: dict[str, SplitWriter],
+                           plan: dict[str, list[tuple[str, str]]], order: dict[str, int],
+                           out: Path) -> int:
+    """Write ``near_duplicates.jsonl``: every packed song whose first ``NEAR_BARS`` bars
+    equal those of an earlier packed song (input order) in another split. A report only:
+    the same start is a hint of an edited or cut version, not proof of one song."""
+    songs = sorted((order[path], path, s, head) for path, s, _, head
+                   in _kept_songs(writers, plan))
+    first: dict[str, tuple[str, str]] = {}
+    near = []
+    for _, path, s, head in songs:
+        path0, s0 = first.setdefault(head, (path, s))
+        if s0 != s:
+            near.append({"path": path, "split": s, "starts_like": path0, "its_split": s0,
+                         "bars": NEAR_BARS})
+    with open(out / NEAR_NAME, "w") as f:
+        for r in near:
+            f.write(json.dumps(r, sort_keys=True) + "\n")
+    return len(near)
 
 
 def _write_manifests(writers: dict[str, SplitWriter], early_rejects: list[dict],
@@ -302,7 +369,7 @@ def _write_manifests(writers: dict[str, SplitWriter], early_rejects: list[dict],
     result.n_packed_songs = sum(result.n_songs.values())
 
 
-def _run(tasks: list[tuple[str, int, str, str]], cfg: PhraseConfig, fmt: str, workers: int,
+def _run(tasks: list[Task], cfg: PhraseConfig, fmt: str, workers: int,
          progress: bool) -> Iterator[SongResult]:
     from tqdm import tqdm
 

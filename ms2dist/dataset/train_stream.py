@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ms2dist import TRACKS
 from ms2dist.dataset.batch import batch_dict, no_collate, worker_init
-from ms2dist.dataset.blocks import Block, CorruptShardError, blocks_or_skip
+from ms2dist.dataset.blocks import Block, CorruptShardError, SkipBudget, blocks_or_skip
 from ms2dist.dataset.manifest import SplitInfo, read_split
 
 __all__ = ["TrainLoader", "train_loader", "group_size"]
@@ -92,7 +92,8 @@ class _TrainStream(IterableDataset):
     def __init__(self, info: SplitInfo, batch_size: int, seed: int, rank: int,
                  num_workers: int, shuffle_buffer: int, shard_mix: int,
                  start_step: int, end_step: int | None, epoch_steps: int | None,
-                 skip_corrupt: bool, ring: mmap.mmap | None = None, ring_slots: int = 0):
+                 skip_corrupt: bool, ring: mmap.mmap | None = None, ring_slots: int = 0,
+                 max_corrupt_fraction: float = 1.0):
         super().__init__()
         self.ring, self.ring_slots = ring, ring_slots
         self.group = group_size(batch_size)
@@ -107,6 +108,7 @@ class _TrainStream(IterableDataset):
         self.end_step = end_step
         self.epoch_steps = epoch_steps
         self.skip_corrupt = skip_corrupt
+        self.budget = SkipBudget(len(info.shards), max_corrupt_fraction)
 
     def ring_view(self) -> np.ndarray:
         """(workers, slots, group * batch, bytes) view of the shared ring (fork-inherited)."""
@@ -134,7 +136,8 @@ class _TrainStream(IterableDataset):
                 w = weights if w.sum() == 0 else w / w.sum()
                 s = int(rng.choice(len(info.shards), p=w))
                 active.append((s, blocks_or_skip(info.shards[s], info.phrase_bytes,
-                                                  self.skip_corrupt)))
+                                                  self.skip_corrupt, info.counts[s],
+                                                  self.budget)))
             a = int(rng.integers(len(active)))
             block = next(active[a][1], None)
             if block is None:
@@ -197,6 +200,7 @@ class _TrainStream(IterableDataset):
                 d = batch_dict(parts[0][0][:0], index, nonempty, song)
                 d["ring_slot"] = (wi.id, slot)
             d["steps"] = steps
+            d["corrupt_skipped"] = sorted(self.budget.skipped)
             yield d
             u += inc
             q += 1
@@ -224,6 +228,7 @@ class TrainLoader:
     def __init__(self, info: SplitInfo, batch_size: int, *, seed: int, rank: int,
                  world_size: int, num_workers: int, shuffle_buffer: int, shard_mix: int,
                  epoch_steps: int | None, start_step: int, skip_corrupt: bool,
+                 max_corrupt_fraction: float = 1.0,
                  pin_memory: bool = False, prefetch_factor: int = 4, use_ring: bool = True):
         self.info = info
         self.batch_size = batch_size
@@ -232,7 +237,8 @@ class TrainLoader:
         self.shuffle_buffer, self.shard_mix = shuffle_buffer, shard_mix
         self.epoch_steps = epoch_steps
         self.next_step = start_step
-        self.skip_corrupt = skip_corrupt
+        self.skip_corrupt, self.max_corrupt_fraction = skip_corrupt, max_corrupt_fraction
+        self.corrupt_skipped: set[str] = set()  # shards skipped by any worker so far
         self.pin_memory = pin_memory
         self.prefetch_factor = prefetch_factor
         self.use_ring = use_ring
@@ -277,13 +283,14 @@ class TrainLoader:
                 kw["multiprocessing_context"] = "fork"
         ds = _TrainStream(self.info, self.batch_size, self.seed, self.rank, self.num_workers,
                           self.shuffle_buffer, self.shard_mix, start, end, self.epoch_steps,
-                          self.skip_corrupt, ring, slots)
+                          self.skip_corrupt, ring, slots, self.max_corrupt_fraction)
         view = ds.ring_view() if ring is not None else None
         dl = DataLoader(ds, batch_size=None, num_workers=self.num_workers,
                         collate_fn=no_collate, worker_init_fn=worker_init, **kw)
         B = self.batch_size
         for msg in dl:
             steps = msg["steps"]
+            self.corrupt_skipped.update(msg["corrupt_skipped"])
             n = len(steps) * B
             if view is not None:
                 w, slot = msg["ring_slot"]
@@ -298,6 +305,7 @@ class TrainLoader:
                     "phrase_index": torch.from_numpy(msg["phrase_index"][r]),
                     "song_id": msg["song_id"][r],
                     "step": step,
+                    "corrupt_skipped": len(self.corrupt_skipped),
                 }
                 if self.pin_memory:
                     batch["phrases"] = batch["phrases"].pin_memory()
@@ -318,6 +326,7 @@ def train_loader(
     epoch_steps: int | None = None,
     start_step: int = 0,
     skip_corrupt: bool = False,
+    max_corrupt_fraction: float = 1.0,
     pin_memory: bool = False,
     prefetch_factor: int = 4,
     shared_memory: bool = True,
@@ -340,5 +349,6 @@ def train_loader(
     return TrainLoader(info, batch_size, seed=seed, rank=rank, world_size=world_size,
                        num_workers=num_workers, shuffle_buffer=shuffle_buffer,
                        shard_mix=shard_mix, epoch_steps=epoch_steps, start_step=start_step,
-                       skip_corrupt=skip_corrupt, pin_memory=pin_memory,
+                       skip_corrupt=skip_corrupt, max_corrupt_fraction=max_corrupt_fraction,
+                       pin_memory=pin_memory,
                        prefetch_factor=prefetch_factor, use_ring=shared_memory)

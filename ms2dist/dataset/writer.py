@@ -5,6 +5,11 @@ counts, the split position after its last song, rejects so far) is appended to
 ``.progress.jsonl`` and fsynced. A shard is closed at the first song boundary at or after
 ``phrases_per_shard`` phrases. :func:`load_records` keeps the longest prefix of records
 whose files still check out (size and sha256) and removes everything after it.
+
+A record also lists its songs' content hashes (``hashes``: ``[position in the split, hash,
+head hash]`` per packed song; positions, not paths, so the record does not depend on where
+the inputs are): a resumed pack rebuilds from them the songs already packed, so it rejects
+the same duplicates as one straight run.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class SplitWriter:
         self.shard_idx = len(records)
         self.cursor = records[-1]["end"] if records else 0
         self.rejects: list[dict] = []  # since the last finished shard
+        self.hashes: list[list] = []  # [position, hash, head hash] of its packed songs
         self._tar: tarfile.TarFile | None = None
         self._tmp: Path | None = None
         self._block_idx = 0
@@ -63,6 +69,7 @@ class SplitWriter:
                                  "reason": r.reason})
         else:
             assert r.packed is not None and r.index is not None and r.nonempty is not None
+            self.hashes.append([r.pos, r.content_hash, r.head_hash])
             self._pending.append((r.song_id, r.packed, r.index, r.nonempty))
             self._pending_n += r.packed.shape[0]
             self._shard_phrases += r.packed.shape[0]
@@ -99,10 +106,11 @@ class SplitWriter:
             got += m
         self._pending_n -= got
         packed = np.concatenate([t[1] for t in take])
-        meta = block_meta([(t[0], t[2], t[3]) for t in take])
+        payload = npy_bytes(packed)
+        meta = block_meta([(t[0], t[2], t[3]) for t in take], payload)
         tar = self._open()
         key = f"{self.split}-{self.shard_idx:05d}-{self._block_idx:05d}"
-        for name, data in ((f"{key}.phrases.npy", npy_bytes(packed)), (f"{key}.meta.json", meta)):
+        for name, data in ((f"{key}.phrases.npy", payload), (f"{key}.meta.json", meta)):
             tar.addfile(tarinfo(name, len(data)), io.BytesIO(data))
         self._block_idx += 1
 
@@ -123,20 +131,25 @@ class SplitWriter:
             "n_songs": self._shard_songs,
             "end": self.cursor,
             "rejects": self.rejects,
+            "hashes": self.hashes,
         }
         with open(self.dir / PROGRESS_NAME, "a") as f:
             f.write(json.dumps(rec, sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
         self.records.append(rec)
-        self.rejects = []
+        self.rejects, self.hashes = [], []
         self.shard_idx += 1
         self._tar, self._tmp = None, None
         self._shard_phrases = self._shard_songs = 0
 
 
 def load_records(split_dir: Path) -> list[dict]:
-    """Recorded shards whose files are intact (longest valid prefix); later files removed."""
+    """Recorded shards whose files are intact (longest valid prefix); later files removed.
+
+    A record without ``hashes`` (written before duplicates were matched by content) ends
+    the prefix too: its songs were never checked for duplicates, so they are packed again.
+    """
     records: list[dict] = []
     prog = split_dir / PROGRESS_NAME
     if prog.exists():
@@ -146,7 +159,8 @@ def load_records(split_dir: Path) -> list[dict]:
             except json.JSONDecodeError:
                 break  # torn last line
             path = split_dir / rec["shard"]
-            if rec["shard"] != f"shard-{len(records):05d}.tar" or not path.exists() \
+            if rec["shard"] != f"shard-{len(records):05d}.tar" or "hashes" not in rec \
+                    or not path.exists() \
                     or path.stat().st_size != rec["bytes"] or sha256_file(path) != rec["sha256"]:
                 break
             records.append(rec)

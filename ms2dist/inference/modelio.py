@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model as _st_load
 from safetensors.torch import save_model as _st_save
 
@@ -98,11 +99,64 @@ def _find_model_dir(p: Path, label: str) -> Path:
 
 
 def read_model_config(directory: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
-    payload = json.loads((Path(directory) / CONFIG_FILE).read_text())
-    if payload.get("format") != FORMAT:
+    """The ModelConfig and metadata of a model directory's ``config.json``.
+
+    Any failure to read it is a ``ValueError`` (``FileNotFoundError`` when it is missing)
+    whose one-line message names the file, the cause and what to do: the commands print
+    it as it is.
+    """
+    path = Path(directory) / CONFIG_FILE
+    try:
+        payload = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist: a model directory holds "
+                                f"{CONFIG_FILE} and {WEIGHTS_FILE}") from None
+    except OSError as e:
+        raise ValueError(f"{path} cannot be read ({e.strerror or e}): check the file's "
+                         f"permissions and disk") from e
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path} is truncated or corrupt (not JSON: {_one_line(e)}): "
+                         f"re-download or re-export the model") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"{directory}/{CONFIG_FILE}: not an ms2dist model "
-                         f"(format {payload.get('format')!r}, expected {FORMAT!r})")
-    return from_dict(ModelConfig, payload["model"]), payload.get("meta", {})
+                         f"(format {found!r}, expected {FORMAT!r})")
+    try:
+        cfg = from_dict(ModelConfig, payload["model"], "model")
+    except (KeyError, TypeError, ValueError) as e:
+        cause = f"no {e} block" if isinstance(e, KeyError) else _one_line(e)
+        raise ValueError(f"{path} does not describe a model this ms2dist can build ({cause}): "
+                         f"re-export the model, or use the ms2dist version that wrote it "
+                         f"({payload.get('ms2dist_version', 'unknown')})") from e
+    meta = payload.get("meta", {})
+    return cfg, meta if isinstance(meta, dict) else {}
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, cut to ``limit`` characters."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Copy ``path``'s tensors into ``model``; every failure is a one-line ``ValueError``
+    (``FileNotFoundError``) naming the file, the cause and what to do."""
+    try:
+        _st_load(model, str(path), strict=True)  # raises on any missing/extra tensor
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist: a model directory holds "
+                                f"{CONFIG_FILE} and {WEIGHTS_FILE}") from None
+    except OSError as e:
+        raise ValueError(f"{path} cannot be read ({e.strerror or e}): check the file's "
+                         f"permissions and disk") from e
+    except SafetensorError as e:  # e.g. "incomplete metadata, file not fully covered"
+        cause = _one_line(e).removeprefix("Error while deserializing header: ")
+        raise ValueError(f"{path} is truncated or corrupt ({cause}): re-download or "
+                         f"re-export the model") from e
+    except RuntimeError as e:  # missing/unexpected tensors, shape mismatches
+        raise ValueError(f"{path} does not fit {path.parent / CONFIG_FILE} "
+                         f"({_one_line(e)}): the two files come from different models; "
+                         f"re-export the model") from e
 
 
 def update_model_meta(directory: str | Path, meta: dict[str, Any]) -> None:
@@ -117,13 +171,17 @@ def update_model_meta(directory: str | Path, meta: dict[str, Any]) -> None:
 
 
 def load_model(source: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Return the ``MidiSandwich2`` module (eval mode) from a directory or MLflow URI."""
+    """Return the ``MidiSandwich2`` module (eval mode) from a directory or MLflow URI.
+
+    A missing, unreadable, truncated or mismatched ``config.json``/``model.safetensors`` is
+    a ``FileNotFoundError``/``ValueError`` with a one-line message naming the file.
+    """
     from ms2dist.models import MidiSandwich2
 
     d = resolve_model_dir(source)
     cfg, meta = read_model_config(d)
     model = MidiSandwich2(cfg)
-    _st_load(model, str(d / WEIGHTS_FILE), strict=True)  # raises on any missing/extra tensor
+    _load_weights(model, d / WEIGHTS_FILE)
     model.ms2dist_meta = meta
     return model.to(device).eval()
 

@@ -8,6 +8,9 @@ by a :class:`ms2dist.inference.calibration.BinarizeRule`) both go in.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ from ms2dist.music.midi import write_midi
 from ms2dist.music.pianoroll import plot_pianoroll
 from ms2dist.npyio import save_npz
 
-__all__ = ["write_outputs", "notes_per_track", "DEFAULT_BPM"]
+__all__ = ["write_outputs", "notes_per_track", "OutputIndex", "dump_json_list", "DEFAULT_BPM"]
 
 DEFAULT_BPM = 100.0
 
@@ -35,14 +38,20 @@ def notes_per_track(roll: np.ndarray) -> dict[str, int]:
 
 def write_outputs(probs: np.ndarray, binary: np.ndarray, out: Path, prefix: str,
                   bpm: float = DEFAULT_BPM, titles: list[str] | None = None,
-                  pictures: bool = True, layout: PhraseLayout = DEFAULT_LAYOUT
-                  ) -> list[dict[str, Any]]:
+                  pictures: bool = True, layout: PhraseLayout = DEFAULT_LAYOUT, *,
+                  start: int = 0, index: bool = True) -> list[dict[str, Any]]:
     """One ``.mid``, ``.npz`` and ``.png`` per phrase; returns an index of the files.
 
     ``probs``: note probabilities ``(N, bars, T, P, tracks)`` (stored as float16);
     ``binary``: the notes played, same shape (non-zero = on; stored as bool). The MIDI
     file holds exactly the npz's ``pianoroll`` (``ms2dist.music.midi.read_midi`` gives it back).
     Same inputs -> byte-identical files. ``layout``: pitch window and grid of the phrases.
+
+    ``start``: the number of the first phrase (``<prefix>_<start>.mid``, ...), so that a
+    caller writing in batches continues the numbering; ``index=False`` leaves
+    ``<prefix>_index.json`` to that caller (written once, at the end). Every file appears
+    under its name only once complete (written beside it, then renamed), so an interrupted
+    run never leaves a truncated ``.npz`` or ``.mid`` behind.
     """
     out = Path(out)
     binary = np.asarray(binary) != 0
@@ -50,24 +59,106 @@ def write_outputs(probs: np.ndarray, binary: np.ndarray, out: Path, prefix: str,
     if probs.shape != binary.shape:
         raise ValueError(f"probabilities {probs.shape} and notes {binary.shape} differ in shape")
     out.mkdir(parents=True, exist_ok=True)
-    index = []
+    entries = []
     for i in range(len(binary)):
-        stem = out / f"{prefix}_{i:03d}"
-        roll = binary[i].reshape(-1, *binary.shape[-2:])  # (bars * steps, pitches, tracks)
-        write_midi(roll, stem.with_suffix(".mid"), tempo_bpm=bpm,
-                   steps_per_beat=layout.steps_per_beat, lowest_pitch=layout.lowest_pitch)
-        save_npz(stem.with_suffix(".npz"), pianoroll=binary[i],
-                 probabilities=probs[i].astype(np.float16), tracks=np.array(TRACKS),
-                 lowest_pitch=np.int64(layout.lowest_pitch),
+        stem = out / f"{prefix}_{start + i:03d}"
+        title = (titles[i] if titles else f"{prefix} {start + i}") if pictures else None
+        entries.append(_write_phrase(stem, probs[i], binary[i], bpm, title, layout))
+    if index:
+        (out / f"{prefix}_index.json").write_text(json.dumps(entries, indent=1))
+    return entries
+
+
+def _write_phrase(stem: Path, probs: np.ndarray, binary: np.ndarray, bpm: float,
+                  title: str | None, layout: PhraseLayout) -> dict[str, Any]:
+    """``stem.mid``, ``stem.npz`` and (with a ``title``) ``stem.png``; their index entry."""
+    roll = binary.reshape(-1, *binary.shape[-2:])  # (bars * steps, pitches, tracks)
+    with _atomic(stem.with_suffix(".mid")) as tmp:
+        write_midi(roll, tmp, tempo_bpm=bpm, steps_per_beat=layout.steps_per_beat,
+                   lowest_pitch=layout.lowest_pitch)
+    with _atomic(stem.with_suffix(".npz")) as tmp:
+        save_npz(tmp, pianoroll=binary, probabilities=probs.astype(np.float16),
+                 tracks=np.array(TRACKS), lowest_pitch=np.int64(layout.lowest_pitch),
                  steps_per_beat=np.int64(layout.steps_per_beat), tempo_bpm=np.float64(bpm))
-        entry = {"midi": str(stem.with_suffix(".mid")), "npz": str(stem.with_suffix(".npz")),
-                 "notes_on": int(binary[i].sum()), "notes_per_track": notes_per_track(binary[i])}
-        if pictures:
-            title = titles[i] if titles else f"{prefix} {i}"
-            plot_pianoroll(roll, stem.with_suffix(".png"), title=title,
-                           steps_per_beat=layout.steps_per_beat,
+    entry = {"midi": str(stem.with_suffix(".mid")), "npz": str(stem.with_suffix(".npz")),
+             "notes_on": int(binary.sum()), "notes_per_track": notes_per_track(binary)}
+    if title is not None:
+        with _atomic(stem.with_suffix(".png")) as tmp:
+            plot_pianoroll(roll, tmp, title=title, steps_per_beat=layout.steps_per_beat,
                            beats_per_bar=layout.beats_per_bar, lowest_pitch=layout.lowest_pitch)
-            entry["png"] = str(stem.with_suffix(".png"))
-        index.append(entry)
-    (out / f"{prefix}_index.json").write_text(json.dumps(index, indent=1))
-    return index
+        entry["png"] = str(stem.with_suffix(".png"))
+    return entry
+
+
+@contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """A temporary name to write ``path`` under, renamed to ``path`` once the write is done:
+    the name only ever holds a whole file. The temporary keeps the suffix (matplotlib picks
+    the format from it) and is hidden."""
+    tmp = path.with_name(f".{path.stem}.part{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class OutputIndex:
+    """``<prefix>_index.json`` (what :func:`write_outputs` writes) for outputs written in
+    batches: the entries go to a hidden ``.<prefix>_index.jsonl`` as each batch is written
+    (memory flat in the number of outputs; an interrupted run leaves it readable) and become
+    the JSON list, the same bytes as one ``write_outputs`` call, at :meth:`finish`."""
+
+    def __init__(self, out: Path, prefix: str) -> None:
+        self.path = Path(out) / f"{prefix}_index.json"
+        self.part = Path(out) / f".{prefix}_index.jsonl"
+        self.n = 0
+        self.part.unlink(missing_ok=True)  # a previous interrupted run's
+
+    def add(self, entries: list[dict[str, Any]]) -> None:
+        with open(self.part, "a") as f:
+            f.write("".join(json.dumps(e) + "\n" for e in entries))
+        self.n += len(entries)
+
+    def entries(self) -> Iterator[dict[str, Any]]:
+        """The entries written, up to a line an interruption may have cut short."""
+        if not self.part.is_file():
+            return
+        with open(self.part) as f:
+            for line in f:
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    return
+
+    def recount(self) -> int:
+        """``n`` from the file (an interruption may fall between a write and its count)."""
+        self.n = sum(1 for _ in self.entries())
+        return self.n
+
+    def write_into(self, path: Path, head: dict[str, Any], key: str) -> None:
+        """``json.dumps({**head, key: entries}, indent=1)`` into ``path``, streamed."""
+        with open(path, "w") as f:
+            f.write((json.dumps(head, indent=1)[:-2] + "," if head else "{")
+                    + f"\n {json.dumps(key)}: ")
+            dump_json_list(f, self.entries(), level=1)
+            f.write("\n}")
+
+    def finish(self) -> None:
+        with open(self.path, "w") as f:
+            dump_json_list(f, self.entries(), level=0)
+        self.discard()
+
+    def discard(self) -> None:
+        self.part.unlink(missing_ok=True)
+
+
+def dump_json_list(f: Any, items: Iterable[Any], level: int) -> None:
+    """Write ``items`` as ``json.dumps(..., indent=1)`` writes a list nested ``level`` deep
+    (the same bytes), one item at a time."""
+    pad = "\n" + " " * (level + 1)
+    first = True
+    for item in items:
+        f.write(("[" if first else ",") + pad + json.dumps(item, indent=1).replace("\n", pad))
+        first = False
+    f.write("[]" if first else "\n" + " " * level + "]")

@@ -8,6 +8,7 @@ raises :class:`RejectError` with a short human reason.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,34 @@ class Song:
     def bpm(self) -> float:
         """Median tempo in beats per minute (120 when unknown)."""
         return float(np.median(self.tempo)) if self.tempo.size else 120.0
+
+    def content_hashes(self, head_bars: int = 16) -> tuple[str, str]:
+        """sha1 of the song's note onsets, and of those in its first ``head_bars`` 4-beat
+        bars (a near-duplicate signature); times count from the first onset.
+
+        An onset is an on-cell of the binarised, merged roll whose previous step (same pitch
+        and track) is off. Onsets, not every cell: a copy under another name, LPD subset,
+        compression, velocities or leading silence keeps them, and so does a MIDI round trip
+        at a constant tempo, which can shorten a note by a step (it can also drop a note of
+        a single step: such a copy is missed).
+        """
+        row = self.tracks.astype(np.int64) * N_PITCHES + self.pitches  # one row per (track, pitch)
+        stride = int(self.times.max()) + 2 if self.times.size else 1
+        key = row * stride + self.times  # sorted = (row, time) order; LPD files come sorted
+        if key.size > 1 and not (np.diff(key) > 0).all():
+            key = np.unique(key)
+        on = key[np.r_[True, np.diff(key) != 1]] if key.size else key  # previous step off
+        row, t = np.divmod(on, stride)
+        if t.size:
+            t -= t.min()
+        canon = (row << 32) | t  # still sorted: canonical whatever the song's length
+        head = canon[t < head_bars * 4 * self.resolution]
+        out = []
+        for keys in (canon, head):
+            h = hashlib.sha1(f"onsets/{self.resolution}:".encode())
+            h.update(keys.astype("<i8").tobytes())
+            out.append(h.hexdigest())
+        return out[0], out[1]
 
     def nonempty_tracks(self) -> np.ndarray:
         out = np.zeros(len(TRACKS), bool)

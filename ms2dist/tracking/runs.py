@@ -1,7 +1,9 @@
 """MLflow runs of training stages: one run per stage; only the main process talks to MLflow.
 
 Where the store is and how it is reached: :mod:`ms2dist.tracking.connect` (an unreachable
-server fails the job before the first step, naming the URI).
+server fails the job before the first step, naming the URI). Once the run is open, every
+metric, param and artifact goes through :class:`~ms2dist.tracking.courier.Courier` (a
+local spool and a background thread): an outage later on never stops or slows training.
 
 The run id is written into every checkpoint, so a resumed or requeued job re-attaches
 to the same run (metric steps continue, nothing is duplicated). Both stages of one
@@ -28,6 +30,7 @@ from ms2dist.tracking.connect import (
     get_or_create_experiment,
     resolve_tracking_uri,
 )
+from ms2dist.tracking.courier import Courier
 from ms2dist.tracking.registry import log_and_register, stage1_lineage
 from ms2dist.yamlconfig import dump_yaml, to_dict
 
@@ -42,8 +45,10 @@ class RunInfo:
     data: Path
     tracks: list[str]
     data_manifest_sha256: str
+    out: Path  # the job's output folder: the tracking spool lives in <out>/tracking
     stage1: str | None = None
     launch_config: str = ""
+    resume_step: int | None = None  # the checkpoint's step when the job resumes
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -82,6 +87,7 @@ class RunTracker:
         self.enabled = bool(cfg.tracking.enabled) and accelerator.is_main_process
         self.uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
         self._mlflow: Any = None
+        self.courier: Courier | None = None
         self.pipeline_id = ""
 
     def _stage1_lineage(self) -> None:
@@ -117,25 +123,49 @@ class RunTracker:
 
     def _start_main(self) -> None:
         mlflow = self._mlflow = connect(self.uri)
+        client = mlflow.MlflowClient(tracking_uri=self.uri)
         if self.job.stage == "stage2" and self.job.stage1:
             self._stage1_lineage()
         if self.run_id:
             try:
-                run = mlflow.get_run(self.run_id)
+                run = client.get_run(self.run_id)
             except Exception as e:  # noqa: BLE001 - MlflowException, HTTP errors, ...
                 raise TrackingUnavailable(
                     f"the checkpoint to resume belongs to MLflow run {self.run_id}, which "
                     f"{self.uri} does not hold ({type(e).__name__}): resume with the tracking "
                     f"URI the job started with, or start over with --resume never") from None
             self.pipeline_id = run.data.tags.get("ms2dist.pipeline_id", "")
-            mlflow.start_run(run_id=self.run_id)
-            mlflow.set_tag("ms2dist.resumed", "true")
-            return
+            client.update_run(self.run_id, status="RUNNING")
+            client.set_tag(self.run_id, "ms2dist.resumed", "true")
+        else:
+            self._create_run(mlflow, client)
+        self._open_courier()
+
+    def _create_run(self, mlflow: Any, client: Any) -> None:
+        from mlflow.entities import Param
+
         exp = get_or_create_experiment(mlflow, self.cfg.tracking.experiment, self.uri)
         # A launcher (slurm/pipeline.sh) may name the pipeline for all its jobs at once.
         pipeline = (self.extra.get("pipeline_id") or os.environ.get("MS2DIST_PIPELINE_ID")
                     or uuid.uuid4().hex[:12])
         self.pipeline_id = str(pipeline)
+        run = client.create_run(exp.experiment_id, tags=self._tags(pipeline),
+                                run_name=f"{self.job.stage}-{pipeline}")
+        self.run_id = run.info.run_id
+        items = list(flatten(to_dict(self.cfg)).items())
+        for i in range(0, len(items), 90):
+            client.log_batch(self.run_id, params=[Param(k, str(v)[:500])
+                                                  for k, v in items[i:i + 90]])
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / "config.yaml"
+            dump_yaml(self.cfg, p)
+            client.log_artifact(self.run_id, str(p))
+            for split in ("train", "val", "test"):
+                m = self.job.data / split / "manifest.json"
+                if m.is_file():
+                    client.log_artifact(self.run_id, str(m), artifact_path=f"data/{split}")
+
+    def _tags(self, pipeline: str) -> dict[str, str]:
         tags = {
             "ms2dist.stage": self.job.stage,
             "ms2dist.pipeline_id": pipeline,
@@ -156,55 +186,78 @@ class RunTracker:
         for k, v in self.extra.items():
             if k != "pipeline_id":
                 tags[f"ms2dist.{k}"] = str(v)
-        run = mlflow.start_run(experiment_id=exp.experiment_id,
-                               run_name=f"{self.job.stage}-{pipeline}", tags=tags)
-        self.run_id = run.info.run_id
-        params = flatten(to_dict(self.cfg))
-        items = list(params.items())
-        for i in range(0, len(items), 90):
-            mlflow.log_params({k: str(v)[:500] for k, v in items[i:i + 90]})
-        with tempfile.TemporaryDirectory() as tmp:
-            p = Path(tmp) / "config.yaml"
-            dump_yaml(self.cfg, p)
-            mlflow.log_artifact(str(p))
-            for split in ("train", "val", "test"):
-                m = self.job.data / split / "manifest.json"
-                if m.is_file():
-                    mlflow.log_artifact(str(m), artifact_path=f"data/{split}")
+        return tags
+
+    def _open_courier(self) -> None:
+        """From here on nothing waits for the server: the courier's thread delivers, and
+        a dead server costs one quick failed request per retry, not minutes of retries."""
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
+        resume = (self.run_id, self.job.resume_step) if self.job.resume_step is not None \
+            else None
+        self.courier = Courier(self.uri, Path(self.job.out) / "tracking", resume=resume)
 
     def pause(self) -> None:
         """Preempted: mark the run killed; the requeued job re-opens it."""
-        if self.enabled and self._mlflow:
-            self._mlflow.end_run(status="KILLED")
+        if self.enabled and self.courier:
+            self.courier.put(self.run_id, "end", status="KILLED")
+            self.courier.close(timeout_s=10)
+
+    def abort(self) -> None:
+        """The job is dying of an error: mark the run failed, deliver what can be."""
+        if self.enabled and self.courier:
+            self.courier.put(self.run_id, "end", status="FAILED")
+            self.courier.close(timeout_s=10)
 
     def finish(self) -> None:
-        if self.enabled and self._mlflow:
-            self._mlflow.end_run(status="FINISHED")
+        if self.enabled and self.courier:
+            self.courier.put(self.run_id, "end", status="FINISHED")
+            self.courier.close(timeout_s=60)
 
     # -- logging --------------------------------------------------------------------
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if self.enabled and self._mlflow:
+        if self.enabled and self.courier:
             clean = {k.replace("@", "_"): float(v) for k, v in metrics.items()}
-            self._mlflow.log_metrics(clean, step=step)
+            self.courier.put(self.run_id, "metrics", values=clean, step=int(step))
 
     def log_params(self, params: dict[str, Any]) -> None:
-        if self.enabled and self._mlflow:
-            self._mlflow.log_params({k: str(v) for k, v in params.items()})
+        if self.enabled and self.courier:
+            self.courier.put(self.run_id, "params",
+                             values={k: str(v)[:500] for k, v in params.items()})
 
     def log_artifacts(self, local_dir: str | Path, artifact_path: str) -> None:
-        """Every file under ``local_dir`` into the run (pictures and MIDI of samples)."""
-        if self.enabled and self._mlflow:
-            self._mlflow.log_artifacts(str(local_dir), artifact_path=artifact_path)
+        """Every file under ``local_dir`` into the run (pictures and MIDI of samples); the
+        folder is copied first, so the caller may delete it right away."""
+        if self.enabled and self.courier:
+            self.courier.put(self.run_id, "artifacts", dir=self.courier.stash_dir(local_dir),
+                             path=artifact_path)
 
     def log_model(self, model_dir: Path, stage: str) -> None:
+        """Log and register the exported model (synchronous: the model is the point of the
+        run). If the server is down now, the model stays in ``model_dir`` and training
+        still ends cleanly; ``ms2dist registry import`` registers it later."""
         if not self.enabled or not self._mlflow:
             return
+        os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)  # worth waiting for
+        try:
+            self._log_model(model_dir, stage)
+        except Exception as e:  # noqa: BLE001 - the model is on disk; say how to register it
+            print(f"[ms2dist] warning: could not log the model to {self.uri} "
+                  f"({type(e).__name__}: {e}); it is saved in {model_dir}", file=sys.stderr,
+                  flush=True)
+        finally:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+
+    def _log_model(self, model_dir: Path, stage: str) -> None:
+        mlflow = self._mlflow
+        mlflow.set_tracking_uri(self.uri)
         # Lineage travels with the model (also inside the logged artifact): stage 2 trained
         # on this directory or on its registered copy finds the pipeline and the version.
         lineage = {"mlflow_run_id": self.run_id, "pipeline_id": self.pipeline_id or None}
         if stage == "stage2":
             lineage["stage1_version"] = self.extra.get("stage1_version")
-        version = log_and_register(model_dir, stage, register=self.cfg.tracking.register,
-                                   meta={k: v for k, v in lineage.items() if v})
+        with mlflow.start_run(run_id=self.run_id):
+            version = log_and_register(model_dir, stage, register=self.cfg.tracking.register,
+                                       meta={k: v for k, v in lineage.items() if v})
         if version is not None:
             print(f"[ms2dist] registered {version}", file=sys.stderr, flush=True)

@@ -37,14 +37,17 @@ class LatentCache:
     @classmethod
     @torch.no_grad()
     def build(cls, model: Any, split_dir: Path, accelerator: Any, batch_size: int,
-              shape: Sequence[int]) -> LatentCache:
+              shape: Sequence[int], data: Any = None) -> LatentCache:
+        """``data``: the config's data section (its corrupt-shard policy), if any."""
         device = accelerator.device
         mus, lvs = [], []
         was_training = model.training
         model.eval()
         for batch in eval_loader(split_dir, max(batch_size, 64),
                                  rank=accelerator.process_index,
-                                 world_size=accelerator.num_processes):
+                                 world_size=accelerator.num_processes,
+                                 skip_corrupt=bool(getattr(data, "skip_corrupt", False)),
+                                 max_corrupt_fraction=getattr(data, "max_corrupt_fraction", 0.1)):
             x = unpack_phrases(batch["phrases"].to(device), device, shape=shape)
             mu, logvar = model.encode_tracks(x)
             # encode_tracks returns one row per segment (bar-level BVAEs: 4 per phrase):

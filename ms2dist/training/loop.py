@@ -86,8 +86,9 @@ def train(job: TrainJob) -> int:
     step, run_id = _resume(job, accelerator)
     total = stage.total_steps(cfg)
     stop_at = min(total, job.max_steps) if job.max_steps else total
-    tracker = RunTracker(cfg, RunInfo(job.stage, job.data, job.tracks, manifest_sha(job.data),
-                                      job.stage1, job.launch_config),
+    info = RunInfo(job.stage, job.data, job.tracks, manifest_sha(job.data), job.out,
+                   job.stage1, job.launch_config, resume_step=step if run_id else None)
+    tracker = RunTracker(cfg, info,
                          accelerator, run_id=run_id, extra_tags=meta,
                          broadcast=broadcast_from_main)
     tracker.start()  # fails before any step if the tracking server is unreachable
@@ -119,51 +120,64 @@ def train(job: TrainJob) -> int:
     if step == 0 and cfg.train.eval_at_start:
         evaluate(0.0)  # the untrained baseline: what "validation F1 improved" is measured against
 
-    while step < stop_at:
-        if preempt.agreed(accelerator):
-            return _preempted(job, accelerator, tracker, preempt, snapshot(last_logs), step)
-        phase = stage.phase(step, cfg)
-        _set_lrs(optimizer, cfg, phase, *stage.phase_clock(step, cfg))
-        kl_w = kl_weight_at(step, stage.kl_weight(cfg), cfg.train.kl_warmup_steps)
-        for _ in range(accum):
-            # The loader draws DataLoader seeds from the global RNG at every epoch start;
-            # shielding it keeps the model's noise a function of the step alone (exact resume).
-            with torch.random.fork_rng(devices=[]):
-                batch = next(batches)
-            with accelerator.accumulate(objective):
-                loss, logs = stage.loss(objective, model, batch, device, layout, phase, kl_w,
-                                        cfg.train.free_bits)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.optim.grad_clip > 0:
-                    accelerator.clip_grad_norm_(
-                        [p for g in optimizer.param_groups for p in g["params"]],
-                        cfg.optim.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-        step += 1
-        n_last += bs * accum * world
-        bar.update(1)
-        last_logs = {"loss": float(loss.detach()), "kl_weight": kl_w,
-                     "lr": optimizer.param_groups[0]["lr"], **logs}
-        if step % cfg.train.log_every == 0 or step == stop_at:
-            dt = time.perf_counter() - t_last
-            last_logs["phrases_per_s"] = n_last / max(dt, 1e-9)
-            t_last, n_last = time.perf_counter(), 0
-            bar.set_postfix(loss=f"{last_logs['loss']:.4f}",
-                            phr_s=f"{last_logs['phrases_per_s']:.0f}")
-            train_logs = {f"train/{k}": v for k, v in last_logs.items()}
-            tracker.log_metrics(train_logs, step)
-            log_local(job.out, step, train_logs, main)
-        if step % cfg.train.eval_every == 0 or step == stop_at:
-            val = evaluate(kl_w)
-            if main and due(step, cfg.tracking.sample_every, final=False):
-                log_previews(tracker, model, stage, step, job.data / "val", layout)
-            if main:
-                summary = {k: round(v, 4) for k, v in val.items() if "f1" in k}
-                bar.write(f"[ms2dist] step {step} val {json.dumps(summary)}")
-        if step % cfg.train.checkpoint_every == 0 or step == stop_at:
-            save_checkpoint(accelerator, job.out, snapshot(last_logs), cfg.train.keep_checkpoints)
-    bar.close()
+    try:
+        while step < stop_at:
+            if preempt.agreed(accelerator):
+                return _preempted(job, accelerator, tracker, preempt, snapshot(last_logs), step)
+            phase = stage.phase(step, cfg)
+            _set_lrs(optimizer, cfg, phase, *stage.phase_clock(step, cfg))
+            kl_w = kl_weight_at(step, stage.kl_weight(cfg), cfg.train.kl_warmup_steps)
+            for _ in range(accum):
+                # The loader draws DataLoader seeds from the global RNG at every epoch start;
+                # shielding it keeps the model's noise a function of the step alone (exact resume).
+                with torch.random.fork_rng(devices=[]):
+                    batch = next(batches)
+                with accelerator.accumulate(objective):
+                    loss, logs = stage.loss(objective, model, batch, device, layout, phase, kl_w,
+                                            cfg.train.free_bits)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.optim.grad_clip > 0:
+                        accelerator.clip_grad_norm_(
+                            [p for g in optimizer.param_groups for p in g["params"]],
+                            cfg.optim.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            step += 1
+            n_last += bs * accum * world
+            bar.update(1)
+            last_logs = {"loss": float(loss.detach()), "kl_weight": kl_w,
+                         "lr": optimizer.param_groups[0]["lr"], **logs}
+            if isinstance(batch, dict) and batch.get("corrupt_skipped"):
+                last_logs["corrupt_shards_skipped"] = batch["corrupt_skipped"]
+            if step % cfg.train.log_every == 0 or step == stop_at:
+                dt = time.perf_counter() - t_last
+                last_logs["phrases_per_s"] = n_last / max(dt, 1e-9)
+                t_last, n_last = time.perf_counter(), 0
+                bar.set_postfix(loss=f"{last_logs['loss']:.4f}",
+                                phr_s=f"{last_logs['phrases_per_s']:.0f}")
+                train_logs = {f"train/{k}": v for k, v in last_logs.items()}
+                tracker.log_metrics(train_logs, step)
+                log_local(job.out, step, train_logs, main)
+            if step % cfg.train.eval_every == 0 or step == stop_at:
+                val = evaluate(kl_w)
+                if main and due(step, cfg.tracking.sample_every, final=False):
+                    log_previews(tracker, model, stage, step, job.data / "val", layout)
+                if main:
+                    summary = {k: round(v, 4) for k, v in val.items() if "f1" in k}
+                    bar.write(f"[ms2dist] step {step} val {json.dumps(summary)}")
+            if step % cfg.train.checkpoint_every == 0 or step == stop_at:
+                save_checkpoint(accelerator, job.out, snapshot(last_logs),
+                                cfg.train.keep_checkpoints)
+    except Exception:
+        # Whatever failed (data, disk, a bug), the steps done are not lost: a single
+        # process checkpoints before dying (with several ranks a one-sided collective
+        # would hang; their last periodic checkpoint stands).
+        if world == 1 and step > 0:
+            _emergency_checkpoint(job, accelerator, snapshot(last_logs))
+        tracker.abort()
+        raise
+    finally:
+        bar.close()
 
     if step >= total:
         export(job, stage, cfg, accelerator, objective, model, tracker, meta, layout)
@@ -188,6 +202,16 @@ def _resume(job: TrainJob, accelerator: Any) -> tuple[int, str | None]:
         truncate_local_log(job.out, snap.step)
         print(f"[ms2dist] resumed from {ckpt} at step {snap.step}", file=sys.stderr, flush=True)
     return snap.step, snap.mlflow_run_id
+
+
+def _emergency_checkpoint(job: TrainJob, accelerator: Any, snap: Snapshot) -> None:
+    try:
+        path = save_checkpoint(accelerator, job.out, snap, job.cfg.train.keep_checkpoints)
+        print(f"[ms2dist] failed at step {snap.step}: checkpoint written to {path}; rerun the "
+              f"same command to resume", file=sys.stderr, flush=True)
+    except Exception as e:  # noqa: BLE001 - the original error is the one to report
+        print(f"[ms2dist] failed at step {snap.step}; the checkpoint could not be written "
+              f"either ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
 
 
 def _set_lrs(optimizer: Any, cfg: Any, phase: str, clock: int, length: int) -> None:

@@ -140,7 +140,9 @@ class Stage1(Stage):
                                     rank=accelerator.process_index, world_size=world,
                                     num_workers=cfg.data.num_workers,
                                     shuffle_buffer=cfg.data.shuffle_buffer,
-                                    epoch_steps=epoch_steps(train, bs, world), start_step=start))
+                                    epoch_steps=epoch_steps(train, bs, world), start_step=start,
+                                    skip_corrupt=cfg.data.skip_corrupt,
+                                    max_corrupt_fraction=cfg.data.max_corrupt_fraction))
 
     def loss(self, objective: torch.nn.Module, model: MidiSandwich2, batch: Any,
              device: torch.device, layout: PhraseLayout, phase: str, kl_weight: float,
@@ -211,7 +213,7 @@ class Stage2(Stage):
             return Stage1.batches(self, job, cfg, model, accelerator, start, layout)
         t0 = time.perf_counter()
         cache = LatentCache.build(model, job.data / "train", accelerator, cfg.data.batch_size,
-                                  layout.shape)
+                                  layout.shape, cfg.data)
         if accelerator.is_main_process:
             print(f"[ms2dist] latent cache: {cache.size} phrases on rank 0 in "
                   f"{time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)

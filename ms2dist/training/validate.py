@@ -71,7 +71,9 @@ def _validate(stage: str, model: Any, split_dir: Path, accelerator: Any, track_i
     counts = torch.zeros(nt, _KINDS, 3, dtype=torch.float64, device=device)
     sums = torch.zeros(nt, 4, dtype=torch.float64, device=device)  # stage losses x valid rows
     loader = eval_loader(split_dir, cfg.data.batch_size, rank=accelerator.process_index,
-                         world_size=accelerator.num_processes)
+                         world_size=accelerator.num_processes,
+                         skip_corrupt=cfg.data.skip_corrupt,
+                         max_corrupt_fraction=cfg.data.max_corrupt_fraction)
     batch_fn = _stage1_batch if stage == "stage1" else _stage2_batch
     for i, batch in enumerate(loader):
         if cfg.data.val_batches and i >= cfg.data.val_batches:
