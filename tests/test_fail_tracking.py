@@ -9,37 +9,17 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.test_tracking import _clean_env, _free_port, _stop_server
+from tests.test_tracking import _clean_env, _free_port, _start_server, _stop_server
 
 STEPS, LOG_EVERY = 240, 5
 
 
 def _serve(root: Path, port: int) -> subprocess.Popen:
-    uri = f"http://127.0.0.1:{port}"
-    log = open(root / "server.log", "a")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'srv.db'}",
-         "--artifacts-destination", str(root / "artifacts")],
-        cwd=root, env=_clean_env(), stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True)
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(uri + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            _stop_server(proc)
-            raise RuntimeError((root / "server.log").read_text()[-3000:])
-        time.sleep(0.5)
+    return _start_server(root, port)[0]
 
 
 def _logged_steps(out: Path) -> list[int]:

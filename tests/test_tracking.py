@@ -98,10 +98,11 @@ class Store:
         return Path(artifact_uri)
 
 
-def _start_server(root: Path) -> tuple[subprocess.Popen, Store]:
-    port = _free_port()
+def _start_server(root: Path, port: int | None = None) -> tuple[subprocess.Popen, Store]:
+    """A real ``mlflow server`` over ``root`` (sqlite + artifacts); ``port`` restarts one."""
+    port = port or _free_port()
     uri = f"http://127.0.0.1:{port}"
-    log = open(root / "server.log", "w")
+    log = open(root / "server.log", "a")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'srv.db'}",
