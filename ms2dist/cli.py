@@ -2,7 +2,8 @@
 
 Each subcommand lives in its own module of :mod:`ms2dist.commands` exposing
 ``add_arguments(parser)`` and ``main(args, extra) -> int``; only the chosen one is imported,
-so ``ms2dist pack`` does not pay for importing MLflow, and ``--help`` is instant.
+so ``ms2dist pack`` does not pay for importing MLflow, and ``--help`` is instant. A module's
+``EPILOG`` (examples) closes its ``--help``, which shows every option's default.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from ms2dist import __version__
 from ms2dist.yamlconfig import ConfigError
 
-__all__ = ["main", "COMMANDS"]
+__all__ = ["main", "COMMANDS", "HelpFormatter", "command_parser"]
 
 # name -> (one-line help, accepts --section.key=value overrides); the module is
 # ms2dist.commands.<name>.
@@ -29,6 +30,33 @@ COMMANDS: dict[str, tuple[str, bool]] = {
     "registry": ("list and promote registered models in MLflow", False),
     "demo": ("the whole pipeline end to end on the embedded default", True),
 }
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Each option's default after its help, the epilog's examples line by line.
+
+    A default of None, "", [] or a flag's False says nothing, and a help text that already speaks of
+    its default (a machine-dependent one, say) is left as written.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        d = action.default
+        if d is None or isinstance(d, bool) or (isinstance(d, (str, list, tuple)) and not d) \
+                or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def command_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
+    """The parser of subcommand ``name`` (its options, defaults and examples) and its module."""
+    help_text, _ = COMMANDS[name]
+    module = importlib.import_module(f"ms2dist.commands.{name}")
+    parser = argparse.ArgumentParser(prog=f"ms2dist {name}", description=help_text,
+                                     epilog=getattr(module, "EPILOG", None),
+                                     formatter_class=HelpFormatter)
+    module.add_arguments(parser)
+    return parser, module
 
 
 def _top_parser() -> argparse.ArgumentParser:
@@ -53,10 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     name = argv[0]
     if name not in COMMANDS:
         top.error(f"unknown command {name!r}; choose from {', '.join(sorted(COMMANDS))}")
-    help_text, takes_overrides = COMMANDS[name]
-    module = importlib.import_module(f"ms2dist.commands.{name}")
-    parser = argparse.ArgumentParser(prog=f"ms2dist {name}", description=help_text)
-    module.add_arguments(parser)
+    _, takes_overrides = COMMANDS[name]
+    parser, module = command_parser(name)
     if takes_overrides:
         args, extra = parser.parse_known_args(argv[1:])
         bad = [e for e in extra if not (e.startswith("--") and "=" in e)]

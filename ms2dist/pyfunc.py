@@ -2,66 +2,144 @@
 hands it the logged model directory (safetensors + JSON). No pickle, no code from the
 artifact store is ever executed.
 
-``predict`` accepts a dict (or a one-row DataFrame) with ``mode``:
-``{"mode": "generate", "n": 2, "seed": 0, "temperature": 1.0}`` or
-``{"mode": "restore", "phrases": array (N, 4, 48, 84, 5)}``; it returns a numpy array
-``(N, 4, 48, 84, 5)``: the notes played (0/1) under the model's calibrated per-track
-thresholds by default (``"binarize"``: ``"calibrated"``, ``"threshold"`` with
-``"threshold": x``, or ``"bernoulli"``), or the note probabilities with
-``"output": "probabilities"``.
+``predict`` takes requests in the format of ``docs/serving.md``
+(:mod:`ms2dist.inference.requests`): one row or dict per request, ``params`` for what a
+row leaves out, e.g. ``{"mode": "generate", "n": 2, "seed": 0}`` or
+``{"mode": "restore", "phrases": array (N, 4, 48, 84, 5)}``. It answers, per sample,
+with ``output``:
+
+- ``"notes"`` (default): a dict with the notes of each track as
+  ``[start_step, midi_pitch, duration_steps]`` and the grid to play them, the notes
+  being those the model's calibrated per-track thresholds select (``binarize``:
+  ``"calibrated"``, ``"threshold"`` with ``threshold``, or ``"bernoulli"``);
+- ``"midi"``: a dict with ``midi_base64``, the MIDI file ``ms2dist sample`` writes;
+- ``"probabilities"``: a float32 array ``(N, 4, 48, 84, 5)`` of note probabilities.
+
+Several requests' answers are concatenated in order. A bad request raises
+``MlflowException`` (INVALID_PARAMETER_VALUE, HTTP 400) whose message is the reason.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any
 
 import numpy as np
 import torch
 
-from ms2dist.inference.calibration import rule_for_model
-from ms2dist.inference.modelio import load_model
+from ms2dist.inference.calibration import CalibrationError, rule_for_model
+from ms2dist.inference.modelio import layout_of, load_model
+from ms2dist.inference.requests import (
+    FIELDS,
+    Request,
+    RequestError,
+    midi_answer,
+    notes_answer,
+    parse_requests,
+)
 
 __all__ = ["_load_pyfunc", "MidiSandwich2Pyfunc"]
 
+# MLflow drops params its schema does not declare before ``predict`` sees them, saying so
+# only in a warning of this logger; reading that warning lets a typo ("num") fail the
+# request instead of being ignored. The names are kept on the request's prediction
+# context (a fresh one per PyFuncModel.predict call), so they never leak to another call.
+_MLFLOW_PARAMS_LOGGER = "mlflow.models.utils"
+_UNRECOGNIZED = re.compile(r"Unrecognized params (\[.*?\]) are ignored")
+
+
+class _DroppedParams(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        m = _UNRECOGNIZED.search(str(record.getMessage()))
+        if m:
+            ctx = _prediction_context()
+            if ctx is not None:
+                ctx._ms2dist_dropped_params = m.group(1)
+        return True
+
+
+def _prediction_context() -> Any:
+    try:
+        from mlflow.pyfunc.context import get_prediction_context
+    except ImportError:  # pragma: no cover - only without MLflow
+        return None
+    return get_prediction_context()
+
+
+def _install_params_watch() -> None:
+    logger = logging.getLogger(_MLFLOW_PARAMS_LOGGER)
+    if not any(isinstance(f, _DroppedParams) for f in logger.filters):
+        logger.addFilter(_DroppedParams())
+
+
+def _serving() -> bool:
+    """True inside ``mlflow models serve`` (its scoring server sets this variable)."""
+    try:
+        from mlflow.environment_variables import _MLFLOW_IS_IN_SERVING_ENVIRONMENT
+    except ImportError:  # pragma: no cover - older or newer MLflow: plain float32
+        return False
+    return bool(_MLFLOW_IS_IN_SERVING_ENVIRONMENT.get())
+
+
+def _for_json(probs: np.ndarray) -> np.ndarray:
+    """float32 values as the float64 of their shortest float32 decimal: JSON then carries
+    ~9 digits instead of 17 (a third smaller) and reads back as the same float32."""
+    return probs.astype(str).astype(np.float64)
+
+
+def _bad_request(message: str) -> Exception:
+    try:
+        from mlflow.exceptions import MlflowException
+    except ImportError:  # pragma: no cover - only without MLflow
+        return RequestError(message)
+    return MlflowException.invalid_parameter_value(message)
+
 
 class MidiSandwich2Pyfunc:
+    """The model MLflow's ``PyFuncModel`` wraps: ``predict`` per docs/serving.md."""
+
     def __init__(self, model: Any) -> None:
         self.model = model
+        self.meta = getattr(model, "ms2dist_meta", {})
+        self.layout = layout_of(model)
 
-    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
-        req = dict(params or {})
-        if hasattr(model_input, "to_dict") and not isinstance(model_input, dict):
-            rows = model_input.to_dict(orient="records")
-            model_input = rows[0] if rows else {}
-        if isinstance(model_input, np.ndarray):
-            req.setdefault("mode", "restore")
-            req["phrases"] = model_input
-        elif isinstance(model_input, dict):
-            req.update(model_input)
-        # A DataFrame row carries NaN for the cells a request left empty.
-        req = {k: v for k, v in req.items() if not (isinstance(v, float) and v != v)}
-        mode = req.get("mode", "generate")
+    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+        """Answer every request of ``model_input``; see the module docstring."""
+        ctx = _prediction_context()
+        dropped = getattr(ctx, "_ms2dist_dropped_params", None)
+        if dropped:
+            known = ", ".join(k for k in FIELDS if k != "phrases")
+            raise _bad_request(f"params: unknown key(s) {dropped.strip('[]')}; "
+                               f"known params: {known}")
+        try:
+            requests = parse_requests(model_input, params, self.layout)
+            answers = [self._answer(r, i) for i, r in enumerate(requests)]
+        except (RequestError, CalibrationError) as e:
+            raise _bad_request(str(e)) from None
+        if all(isinstance(a, np.ndarray) for a in answers):
+            return np.concatenate(answers) if len(answers) > 1 else answers[0]
+        if any(isinstance(a, np.ndarray) for a in answers):
+            raise _bad_request("output probabilities cannot be mixed with notes or midi in "
+                               "one call; send them separately")
+        return [sample for a in answers for sample in a]
+
+    def _answer(self, r: Request, index: int) -> np.ndarray | list[dict[str, Any]]:
         with torch.no_grad():
-            if mode == "generate":
-                out = self.model.generate(int(req.get("n", 1)),
-                                          temperature=float(req.get("temperature", 1.0)),
-                                          seed=int(req.get("seed", 0)))
-            elif mode == "restore":
-                x = torch.as_tensor(np.asarray(req["phrases"]), dtype=torch.float32)
-                out = self.model.restore(x, sample=False)
+            if r.mode == "generate":
+                probs = self.model.generate(r.n, temperature=r.temperature, seed=r.seed)
             else:
-                raise ValueError(f"predict: unknown mode {mode!r} (generate or restore)")
-        output = req.get("output", "notes")
-        if output == "probabilities":
-            return out.cpu().numpy()
-        if output != "notes":
-            raise ValueError(f"predict: unknown output {output!r} (notes or probabilities)")
-        threshold = req.get("threshold")
-        rule = rule_for_model(getattr(self.model, "ms2dist_meta", {}), req.get("binarize"),
-                              None if threshold is None else float(threshold))
-        g = torch.Generator().manual_seed(int(req.get("seed", 0)))
-        return rule.apply(out.cpu(), generator=g).to(torch.float32).numpy()
+                probs = self.model.restore(torch.as_tensor(r.phrases), sample=False)
+        probs = probs.cpu().to(torch.float32)
+        if r.output == "probabilities":
+            return _for_json(probs.numpy()) if _serving() else probs.numpy()
+        rule = rule_for_model(self.meta, r.binarize, r.threshold)
+        g = torch.Generator().manual_seed(r.seed)
+        binary = rule.apply(probs, generator=g).numpy().astype(bool)
+        encode = notes_answer if r.output == "notes" else midi_answer
+        return [encode(b, self.layout, request=index, sample=j) for j, b in enumerate(binary)]
 
 
 def _load_pyfunc(data_path: str) -> MidiSandwich2Pyfunc:
+    _install_params_watch()
     return MidiSandwich2Pyfunc(load_model(data_path))

@@ -60,3 +60,34 @@ def test_scientific_notation_is_a_number() -> None:
     assert cfg.inner.lr == 0.003
     with pytest.raises(ConfigError, match="expected a number"):
         apply_overrides(Outer(), ["--inner.lr=fast"])
+
+
+@dataclass
+class Numbers:
+    lr: float = 1e-3
+    maybe: float | None = None
+    rates: tuple[float, ...] = (0.1,)
+    steps: int = 10
+
+
+@pytest.mark.parametrize("override, key, value", [
+    ("--lr=3E-3", "lr", 3e-3),
+    ("--lr=+2.5e-4", "lr", 2.5e-4),
+    ("--lr=1e2", "lr", 100.0),
+    ("--maybe=5e-1", "maybe", 0.5),
+    ("--rates=1e-3,2e-3", "rates", (1e-3, 2e-3)),
+    ("--steps=2e3", "steps", 2000),
+    ("--steps=1.5e3", "steps", 1500),
+])
+def test_scientific_notation_in_every_kind_of_number_field(override, key, value) -> None:
+    cfg = apply_overrides(Numbers(), [override])
+    got = getattr(cfg, key)
+    assert got == pytest.approx(value) and type(got) is type(value)
+
+
+def test_scientific_notation_that_is_no_integer_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"steps: '1e-3'.*expected an integer|expected an "
+                                          r"integer, got '1e-3'"):
+        apply_overrides(Numbers(), ["--steps=1e-3"])
+    with pytest.raises(ConfigError, match="finite"):
+        apply_overrides(Numbers(), ["--lr=inf"])

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from conftest import run_ms2dist
+from test_audio import fluidsynth  # noqa: F401  (the fixture: fails in CI when missing)
+from test_listening_page import check_page
 from test_sample import ENV, THRESHOLD, tiny_model_dir
 
 from ms2dist import TRACKS
@@ -125,6 +127,22 @@ def test_figures_one_png_per_row(table):
                           for r in ROWS)
 
 
+def _row_entries(out: Path, rows: list[str]) -> list[dict]:
+    from ms2dist.inference.tables import slug
+
+    return [e for r in rows
+            for e in json.loads((out / "figures" / f"{slug(r)}_index.json").read_text())]
+
+
+def test_page_one_sample_per_row_without_audio(table):
+    html = (table / "index.html").read_text()
+    assert "<audio" not in html and html.count("<img ") == len(ROWS)
+    assert html.count('src="figures/') == len(ROWS)
+    for entry, row in zip(_row_entries(table, ROWS), ROWS, strict=True):
+        assert f"<h3>{row}" in html and "audio" not in entry
+    assert "<th>n_phrases</th><td>24</td>" in html and "<th>audio</th><td>none</td>" in html
+
+
 def test_bad_arguments_are_clear_errors(models, packed_small, tmp_path):
     proc = run_ms2dist(["evaluate", "--model", models[0], "--data", tmp_path, "--out",
                         tmp_path / "o", "--no-mlflow"], env=ENV, check=False)
@@ -136,17 +154,23 @@ def test_bad_arguments_are_clear_errors(models, packed_small, tmp_path):
     assert proc.returncode == 2 and "NAME=URI" in proc.stderr
 
 
-def test_mlflow_logging_into_sqlite(models, packed_small, tmp_path):
+def test_mlflow_logging_into_sqlite(models, packed_small, tmp_path, fluidsynth):  # noqa: F811
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     out = tmp_path / "eval"
-    # cwd: the default artifact root of a sqlite store is ./mlruns
+    # a working directory away from the database: MLflow's default artifact root would be
+    # ./mlruns there; ms2dist keeps the artifacts beside the store
+    work = tmp_path / "work"
+    work.mkdir()
     run_ms2dist(["evaluate", "--model", models[0], "--data", packed_small / "test", "--out",
-                 out, "--max-phrases", "4", "--threshold", THRESHOLD],
-                env={**ENV, "MLFLOW_TRACKING_URI": uri}, cwd=tmp_path, timeout=300)
+                 out, "--max-phrases", "4", "--threshold", THRESHOLD, "--audio", "wav"],
+                env={**ENV, "MLFLOW_TRACKING_URI": uri}, cwd=work, timeout=300)
+    assert sorted(p.name for p in work.iterdir()) == []
     client = mlflow.MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("ms2dist-evaluate")
+    assert exp.artifact_location == str(tmp_path / "mlruns")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1
     run = runs[0]
@@ -159,5 +183,11 @@ def test_mlflow_logging_into_sqlite(models, packed_small, tmp_path):
     assert {"table_i.md", "table_i.csv", "table_i.json", "figures"} <= arts
     figs = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
     assert "figures/Dataset_000.png" in figs
+    rows = ["Dataset", "MSG1", "MSG2", "MSR", "no-fusion"]
+    entries = _row_entries(out, rows)
+    assert {f"figures/{e['audio']}" for e in entries} <= figs  # the audio, with the samples
+    shown = check_page(out, entries, "listening_page_evaluate.png")
+    assert [s["title"] for s in shown["samples"]] == [
+        r if r == "Dataset" else f"{r}, threshold {float(THRESHOLD):g}" for r in rows]
     local = Path(client.download_artifacts(run.info.run_id, "table_i.md", str(tmp_path)))
     assert local.read_text() == (out / "table_i.md").read_text()

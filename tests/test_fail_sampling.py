@@ -143,6 +143,8 @@ def test_an_interrupted_run_leaves_usable_files(tmp_path):
         with np.load(entry["npz"]) as z:
             assert int(z["pianoroll"].sum()) == entry["notes_on"]
     assert not part.exists() and not list(out.glob(".*.part.*"))
+    # The listening page shows the finished samples, no more.
+    assert (out / "index.html").read_text().count('<article class="sample"') == summary["n"]
 
 
 # ----------------------------------------------------------- stage-1 models

@@ -1,4 +1,5 @@
-"""MIDI round trips, programs/drum channel, tempo, and pianoroll pictures."""
+"""MIDI round trips, programs/drum channel, tempo, what the field's readers (pretty_midi,
+pypianoroll, music21) get from our files, and pianoroll pictures."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import mido
 import numpy as np
 import pretty_midi
+import pypianoroll
 import pytest
 
 from ms2dist import TRACKS
@@ -54,6 +56,14 @@ def test_round_trip_random_sparse(tmp_path: Path, seed: int):
     assert np.array_equal(back, roll)
 
 
+@pytest.mark.parametrize("ticks_per_step", [1, 2, 3])
+def test_round_trip_at_few_ticks_per_step(tmp_path: Path, ticks_per_step: int):
+    """The late note-off (one tick) is only written where a tick is under half a step."""
+    roll = random_roll(4 * 48, 11)
+    write_midi(roll, tmp_path / "few.mid", ticks_per_step=ticks_per_step)
+    assert np.array_equal(read_midi(tmp_path / "few.mid"), roll)
+
+
 def test_round_trip_batch_of_phrases_is_concatenated(tmp_path: Path):
     phrases = random_roll(3 * 4 * 48, 5).reshape(3, 4, 48, 84, 5)
     write_midi(phrases, tmp_path / "b.mid")
@@ -78,7 +88,9 @@ def test_note_boundaries(tmp_path: Path):
     expected = [(60, 0, 4), (60, 5, 8), (64, 10, 20)]
     assert len(notes) == 3
     for (p, s, e), (ep, es, ee) in zip(notes, expected, strict=True):
-        assert p == ep and s == pytest.approx(es * step) and e == pytest.approx(ee * step)
+        # Note-offs one tick (1/40 step) after the boundary (midi.py's notes), starts on it.
+        assert p == ep and s == pytest.approx(es * step)
+        assert e == pytest.approx((ee + 1 / 40) * step)
     assert sum(len(i.notes) for i in pm.instruments) == n_runs(roll) == 5
     assert np.array_equal(read_midi(path), roll)
 
@@ -152,8 +164,9 @@ def test_programs_drum_channel_and_meta(tmp_path: Path):
     assert [PROGRAMS[t] for t in TRACKS[1:]] == [0, 24, 32, 48]
     times, tempi = pm.get_tempo_changes()
     assert times.tolist() == [0.0] and tempi == pytest.approx([100.0])
-    ts = pm.time_signature_changes
-    assert [(t.numerator, t.denominator, t.time) for t in ts] == [(4, 4, 0.0)]
+    ts = pm.time_signature_changes  # 4/4 at 0, repeated at the phrase's end (16 beats)
+    assert [(t.numerator, t.denominator) for t in ts] == [(4, 4), (4, 4)]
+    assert [t.time for t in ts] == pytest.approx([0.0, 16 * 0.6])
     # Channel 10 (0-based 9) carries the drums and nothing else.
     mid = mido.MidiFile(str(path))
     channels = {
@@ -181,6 +194,134 @@ def test_per_step_tempo(tmp_path: Path):
     assert times == pytest.approx([0.0, 96 * step100, 96 * step100 + 54 * step140])
     with pytest.raises(ValueError):
         write_midi(roll, path, tempo_bpm=tempo[:-1])
+
+
+# ------------------------------------------- what the field's readers get from our files
+
+
+def _notes(track: np.ndarray) -> list[tuple[int, int, int]]:
+    """(MIDI pitch, onset step, offset step) of every run of a (T, 84) roll, sorted."""
+    padded = np.zeros((track.shape[0] + 2, track.shape[1]), np.int8)
+    padded[1:-1] = track
+    d = np.diff(padded, axis=0)
+    out = []
+    for p in range(track.shape[1]):
+        ons, offs = np.flatnonzero(d[:, p] == 1), np.flatnonzero(d[:, p] == -1)
+        out += [(p + LOW, int(a), int(b)) for a, b in zip(ons, offs, strict=True)]
+    return sorted(out)
+
+
+def _as_read(roll: np.ndarray, k: int) -> np.ndarray:
+    """Track ``k`` as pypianoroll.read gives it: the notes, or for drums their onsets."""
+    x = roll[:, :, k]
+    return x & ~np.r_[np.zeros((1, x.shape[1]), bool), x[:-1]] if TRACKS[k] == "Drums" else x
+
+
+def _tick0_meta(path: Path) -> tuple[set[str], int]:
+    """Meta message types at tick 0 of the first track, and the file's length in ticks."""
+    mid = mido.MidiFile(str(path))
+    now, at0 = 0, set()
+    for msg in mid.tracks[0]:
+        now += msg.time
+        if now == 0 and msg.is_meta:
+            at0.add(msg.type)
+    return at0, max(sum(m.time for m in trk) for trk in mid.tracks)
+
+
+@pytest.mark.parametrize("case", ["silent", "ends_early", "to_the_end", "tempo_change"])
+def test_beats_and_length_are_the_phrase_s(tmp_path: Path, case: str) -> None:
+    """pretty_midi's beats and pypianoroll.read's length are the phrase's (16 beats), silent
+    or not: pretty_midi ignores end-of-track, and float error must not add a beat."""
+    roll = np.zeros((4 * 48, 84, 5), dtype=bool)
+    tempo: float | np.ndarray = 90.0  # its beats do not add up exactly in floats
+    if case == "ends_early":
+        roll[0:12, 36, 1] = True  # one beat of piano, then 15 beats of silence
+    elif case == "to_the_end":
+        roll[180:192, 40, 3] = True  # the bass plays the last beat, and a drum hit
+        roll[188:192, 12, 0] = True
+    elif case == "tempo_change":
+        roll[0:12, 36, 1] = True
+        tempo = np.r_[np.full(96, 90.0), np.full(96, 131.0)]
+    path = tmp_path / f"{case}.mid"
+    write_midi(roll, path, tempo_bpm=tempo)
+    at0, ticks = _tick0_meta(path)
+    assert {"time_signature", "set_tempo"} <= at0
+    assert ticks == 4 * 48 * 40  # end-of-track exactly at the phrase's end
+
+    pm = pretty_midi.PrettyMIDI(str(path))
+    bpm = np.broadcast_to(np.asarray(tempo, dtype=float), (192,))
+    bounds = np.r_[0.0, np.cumsum(60.0 / bpm[::SPB])]  # the 16 beats' starts, and the end
+    assert pm.get_beats() == pytest.approx(bounds[:16])
+    assert pm.get_end_time() == pytest.approx(bounds[16])
+    assert pm.get_downbeats() == pytest.approx(bounds[[0, 4, 8, 12]])
+
+    mt = pypianoroll.read(path, resolution=SPB)
+    assert mt.resolution == SPB and mt.downbeat.size == 192
+    assert np.flatnonzero(mt.downbeat).tolist() == [0, 48, 96, 144]
+    played = [t for k, t in enumerate(TRACKS) if roll[:, :, k].any()]
+    assert [t.name for t in mt.tracks] == played  # pretty_midi keeps the tracks with notes
+    # pypianoroll.read floors note ends, and a note-off at the phrase's end has no tick to
+    # spare (midi.py's notes): at some tempos (90 among them) it loses the last step.
+    last = 191 if case == "to_the_end" else 192
+    for t in mt.tracks:
+        assert t.pianoroll.shape == (192, 128)
+        assert np.array_equal(t.pianoroll[:last, LOW : LOW + 84] > 0,
+                              _as_read(roll, TRACKS.index(t.name))[:last])
+
+
+@pytest.mark.parametrize("bpm", [90.0, 100.0, 123.4, 77.0])
+def test_pretty_midi_and_pypianoroll_read_give_our_notes(tmp_path: Path, bpm: float) -> None:
+    """Every note (track, pitch, onset, offset) as pretty_midi and pypianoroll.read see it."""
+    roll = random_roll(4 * 48, int(bpm))
+    # pypianoroll.read floors a note's end; at the phrase's end there is no tick to spare
+    # (midi.py's notes), so the last step is silent here (the test above plays it).
+    roll[-1] = False
+    path = tmp_path / "notes.mid"
+    write_midi(roll, path, tempo_bpm=bpm)
+    step = 60.0 / (bpm * SPB)
+
+    pm = pretty_midi.PrettyMIDI(str(path))
+    assert len(pm.get_beats()) == 16 and pm.get_end_time() == pytest.approx(192 * step)
+    by_name = {i.name: i for i in pm.instruments}
+    for k, name in enumerate(TRACKS):
+        want = _notes(roll[:, :, k])
+        got = sorted((n.pitch, n.start, n.end) for n in by_name[name].notes)
+        assert [(p, round(s / step), round(e / step)) for p, s, e in got] == want
+        assert [s for _, s, _ in got] == pytest.approx([a * step for _, a, _ in want])
+        # Ends one tick (1/40 step) after the boundary: flooring readers land on it.
+        assert [e for _, _, e in got] == pytest.approx([(b + 1 / 40) * step for *_, b in want])
+        assert (by_name[name].program, by_name[name].is_drum) == (PROGRAMS[name],
+                                                                  name == "Drums")
+
+    mt = pypianoroll.read(path, resolution=SPB)
+    assert mt.downbeat.size == 192 and [t.name for t in mt.tracks] == list(TRACKS)
+    for k, t in enumerate(mt.tracks):
+        assert np.array_equal(t.pianoroll[:, LOW : LOW + 84] > 0, _as_read(roll, k)), t.name
+        assert not t.pianoroll[:, :LOW].any() and not t.pianoroll[:, LOW + 84 :].any()
+    # With more steps per beat than ours, every note still lands on its (finer) steps.
+    fine = pypianoroll.read(path, resolution=2 * SPB)
+    piano = np.repeat(roll[:, :, 1], 2, axis=0)
+    assert np.array_equal(fine.tracks[1].pianoroll[:, LOW : LOW + 84] > 0, piano)
+
+
+def test_music21_reads_notes_and_bars(tmp_path: Path) -> None:
+    import music21  # a core dependency (the demo reads its corpus)
+    roll = np.zeros((4 * 48, 84, 5), dtype=bool)
+    roll[0:12, 36, 1] = True  # C4, one beat
+    roll[12:36, 40, 1] = True  # E4, two beats
+    roll[180:192, 19, 3] = True  # G2 on the bass, the last beat
+    path = tmp_path / "m21.mid"
+    write_midi(roll, path)
+    score = music21.converter.parse(str(path))
+    assert score.duration.quarterLength == 16.0
+    parts = {p.partName: p for p in score.parts}
+    assert set(parts) == {"Piano", "Bass"}
+    piano = [(float(n.offset), n.pitch.midi, float(n.quarterLength))
+             for n in parts["Piano"].flatten().notes]
+    assert piano == [(0.0, 60, 1.0), (1.0, 64, 2.0)]
+    bass = [(float(n.offset), n.pitch.midi) for n in parts["Bass"].flatten().notes]
+    assert bass == [(15.0, 43)]
+    assert len(parts["Bass"].getElementsByClass("Measure")) == 4
 
 
 # ------------------------------------------------------------------ a real song

@@ -253,6 +253,42 @@ def test_midi_input(tmp_path):
     assert rej["song_id"] == "three" and "not 4/4" in rej["reason"]
 
 
+def test_positional_input_and_name_from_the_folder(tmp_path, monkeypatch, capsys):
+    """`ms2dist pack somefolder` packs into shards/somefolder, named after the folder, and
+    --out keeps that name; a lone file names the set after its stem."""
+    inp = tmp_path / "songs"
+    inp.mkdir()
+    write_midi(inp / "four.mid", 4, bars=10)
+    monkeypatch.chdir(tmp_path)
+    opts = ["--format", "midi", "--split", "1,0,0", "--workers", "1"]
+    assert cli_main(["pack", "songs", *opts]) == 0
+    man = json.loads((tmp_path / "shards" / "songs" / "train" / "manifest.json").read_text())
+    assert man["name"] == "songs" and man["n_phrases"] == 2
+    assert cli_main(["pack", str(inp) + "/", "--out", str(tmp_path / "o"), *opts]) == 0
+    assert json.loads((tmp_path / "o" / "train" / "manifest.json").read_text())["name"] \
+        == "songs"
+    assert cli_main(["pack", "--input", str(inp / "four.mid"), "--out", "o2", *opts]) == 0
+    assert json.loads((tmp_path / "o2" / "train" / "manifest.json").read_text())["name"] \
+        == "four"
+    assert cli_main(["pack", "songs", "--name", "mine", *opts]) == 0
+    assert (tmp_path / "shards" / "mine" / "train" / "manifest.json").is_file()
+    capsys.readouterr()
+
+
+def test_inputs_given_two_ways_or_none_are_refused(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    assert cli_main(["pack", str(a), "--input", str(b), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "inputs given twice" in err and str(a) in err and str(b) in err
+    assert not (tmp_path / "o").exists()
+    assert cli_main(["pack", "--out", str(tmp_path / "o")]) == 2
+    assert "no inputs" in capsys.readouterr().err
+    assert cli_main(["pack", "/", "--out", str(tmp_path / "o")]) == 2
+    assert "give --name" in capsys.readouterr().err
+
+
 def test_resume_after_interruption(lpd5_test_small, packed16, tmp_path):
     out = tmp_path / "resumed"
     part = pack([lpd5_test_small], out, name="small", workers=1, max_songs=10, **SMALL)

@@ -94,13 +94,14 @@ def _bpm_of(path: Path) -> float:
 
 
 def check_midi(path: Path, bpm: float) -> None:
-    """GM programs, drums on channel 10, one 4/4 signature and one tempo; pretty_midi agrees."""
+    """GM programs, drums on channel 10, 4/4 and one tempo; pretty_midi agrees."""
     import pretty_midi
 
     mid = mido.MidiFile(str(path))
     msgs = [m for t in mid.tracks for m in t]
+    # 4/4 at tick 0, repeated at the phrase's end (it pins pretty_midi's last beat there).
     sigs = [(m.numerator, m.denominator) for m in msgs if m.type == "time_signature"]
-    assert sigs == [(4, 4)], path
+    assert sigs and set(sigs) == {(4, 4)} and mid.tracks[0][0].time == 0, path
     tempi = [m.tempo for m in msgs if m.type == "set_tempo"]
     assert len(tempi) == 1 and mido.tempo2bpm(tempi[0]) == pytest.approx(bpm, rel=1e-5), path
     tracks = {t.name: t for t in mid.tracks[1:]}
@@ -117,7 +118,8 @@ def check_midi(path: Path, bpm: float) -> None:
     assert PROGRAMS == {"Drums": 0, "Piano": 0, "Guitar": 24, "Bass": 32, "Strings": 48}
 
     pm = pretty_midi.PrettyMIDI(str(path))
-    assert [(s.numerator, s.denominator) for s in pm.time_signature_changes] == [(4, 4)]
+    assert {(s.numerator, s.denominator) for s in pm.time_signature_changes} == {(4, 4)}
+    assert pm.time_signature_changes[0].time == 0
     assert pm.get_tempo_changes()[1] == pytest.approx([bpm], rel=1e-5)
     for inst in pm.instruments:
         assert inst.is_drum == (inst.name == "Drums")
@@ -131,6 +133,9 @@ def check_outputs(out: Path, mode: str, n: int, bpm: float) -> list[np.ndarray]:
     assert summary["mode"] == mode and summary["n"] == n == len(summary["files"])
     assert summary["tempo_bpm"] == pytest.approx(bpm)
     assert summary["files"] == json.loads((out / f"{mode}_index.json").read_text())
+    page = (out / "index.html").read_text()  # the listening page: every sample, no audio
+    assert all(f'id="{Path(e["midi"]).stem}"' in page for e in summary["files"])
+    assert "<audio" not in page and f"<th>mode</th><td>{mode}</td>" in page
     return check_files(out, mode, summary["files"], bpm)
 
 
@@ -197,6 +202,26 @@ def test_restore_keeps_the_input_tempo(model_dir, songs, tmp_path):
     # The input phrases are written beside, the same way.
     inputs = check_files(out, "input", json.loads((out / "input_index.json").read_text()), bpm)
     np.testing.assert_array_equal(np.stack(inputs), file_phrases(songs[0])[0][:2])
+
+
+def test_a_written_sample_is_an_input_again(model_dir, tmp_path):
+    """Our .npz (a pypianoroll file at 12 steps per beat) and .mid read back as songs: the
+    phrase cut from them is the phrase written, bit for bit, at the sample's tempo."""
+    from ms2dist.songs.files import file_phrases
+
+    g = _sample(model_dir, tmp_path / "g", "--mode", "generate", "--n", "1", "--seed", "3",
+                "--tempo", "123")
+    with np.load(g / "generate_000.npz") as z:
+        written = z["pianoroll"]
+    assert written.any()
+    for suffix in (".npz", ".mid"):
+        phrases, bpm = file_phrases(g / f"generate_000{suffix}")
+        assert bpm == pytest.approx(123.0, rel=1e-4), suffix
+        np.testing.assert_array_equal(phrases[0], written, err_msg=suffix)
+    out = _sample(model_dir, tmp_path / "r", "--mode", "restore", "--input",
+                  g / "generate_000.npz")
+    with np.load(out / "input_000.npz") as z:
+        np.testing.assert_array_equal(z["pianoroll"], written)
 
 
 def test_interpolate_two_songs(model_dir, songs, tmp_path):

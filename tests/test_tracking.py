@@ -273,6 +273,12 @@ def test_one_run_per_stage_with_config_tags_metrics_artifacts(trained, store, pa
     for f in ("config.yaml", "data/train/manifest.json", "data/val/manifest.json",
               "data/test/manifest.json"):
         assert f in files, files
+    # both stages end with pictures and MIDI of real samples (stage 1: BVAE reconstructions
+    # and prior samples; stage 2: restores and generations), next to the phrases themselves
+    kinds = ("recon", "prior") if stage == "stage1" else ("recon", "generated")
+    for kind in ("target", *kinds):
+        for ext in ("png", "mid"):
+            assert f"samples/step_{last:09d}/{kind}_000.{ext}" in files, files
     local_cfg = Path(client.download_artifacts(run.info.run_id, "config.yaml",
                                                str(out.parent / f"dl-{stage}")))
     assert flatten(yaml.safe_load(local_cfg.read_text())) == flatten(snap["config"])
@@ -400,7 +406,9 @@ uri = sys.argv[1]
 pf = mlflow.pyfunc.load_model(uri)
 out = pf.predict({"mode": "generate", "n": 2, "seed": 0, "output": "probabilities"})
 np.save("pyfunc.npy", out)
-np.save("pyfunc_notes.npy", pf.predict({"mode": "generate", "n": 2, "seed": 0}))
+from ms2dist.inference.requests import notes_to_roll
+notes = pf.predict({"mode": "generate", "n": 2, "seed": 0})  # default output: notes
+np.save("pyfunc_notes.npy", np.stack([notes_to_roll(a) for a in notes]))
 np.save("modelio.npy", load_model(uri).generate(2, seed=0).numpy())
 """
 

@@ -21,17 +21,27 @@ from ms2dist import TRACKS
 from ms2dist.inference.calibration import calibrate_dir
 from ms2dist.inference.modelio import load_model, resolve_model_dir
 
-__all__ = ["add_arguments", "main"]
+__all__ = ["add_arguments", "main", "EPILOG"]
+
+EPILOG = """examples:
+  ms2dist calibrate --model runs/s2 --data shards/lpd5/val
+  ms2dist calibrate --model runs/s2/model --data shards/lpd5 --n-samples 512 --seed 1
+"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a local model or training output directory")
+    p.add_argument("--model", required=True,
+                   help="a local model directory or training output directory (its model/); "
+                        "the thresholds are written into its config.json")
     p.add_argument("--data", type=Path, required=True,
                    help="held-out split folder (shards/<name>/val) or a pack folder (its val/)")
-    p.add_argument("--n-samples", type=int, default=256, help="phrases generated to fit on")
-    p.add_argument("--max-phrases", type=int, default=2000, help="data phrases read")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--n-samples", type=int, default=256,
+                   help="phrases generated to fit the thresholds on")
+    p.add_argument("--max-phrases", type=int, default=2000,
+                   help="data phrases read for the target note densities")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated phrases")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device (default: cuda when available, else cpu)")
 
 
 def main(args: argparse.Namespace, extra: list[str]) -> int:

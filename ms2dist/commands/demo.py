@@ -30,7 +30,13 @@ from ms2dist.songs.files import collect_inputs
 from ms2dist.songs.song import song_id_for
 
 __all__ = ["add_arguments", "main", "check_music", "enforce_verdict", "DEMO_STEPS",
-           "QUICK_STEPS"]
+           "QUICK_STEPS", "EPILOG"]
+
+EPILOG = """examples:
+  ms2dist demo                                  # ~10 min on 2 CPU cores, into demo_out/
+  ms2dist demo --quick --out /tmp/demo          # a few steps only (smoke run)
+  ms2dist demo --data ../shared/data/lpd5_train_demo --workers 4 --seed 1
+"""
 
 # The `tiny` recipe (batch 32, lr 3e-3) with a budget that fits ~8 minutes on 2 cores and
 # restores unseen corpus phrases at note F1 >= 0.5 (bench/README.md, "demo").
@@ -43,15 +49,19 @@ MIN_RESTORE_F1 = 0.5
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, default=Path("demo_out"), help="everything goes here")
+    p.add_argument("--out", type=Path, default=Path("demo_out"),
+                   help="everything goes here: shards, runs, samples, eval, mlflow.db")
     p.add_argument("--data", type=Path, default=None,
-                   help="an LPD folder instead of the bundled corpus")
+                   help="an LPD folder instead of music21's bundled corpus")
     p.add_argument("--max-pieces", type=int, default=160,
                    help="corpus pieces to convert (chorales first)")
     p.add_argument("--config", default="tiny", help="model preset or YAML for both stages")
     p.add_argument("--quick", action="store_true", help="a few steps only (CI smoke run)")
-    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                   help="processes converting the corpus and packing (default: 2, or 1 on "
+                        "one core)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="training seed (--train.seed) and the seed of the generated samples")
     p.add_argument("--min-f1", type=float, default=None,
                    help=f"fail unless restores of test phrases reach this mean note F1 "
                    f"(default {MIN_RESTORE_F1}; 0 with --quick)")

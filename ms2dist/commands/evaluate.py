@@ -1,6 +1,6 @@
-"""``ms2dist evaluate``: the paper's Table I for our model, side by side with the data.
-
-    ms2dist evaluate --model models:/midi-sandwich2@champion --data shards/lpd5/test --out eval/
+"""``ms2dist evaluate``: the paper's Table I for our model, side by side with the data; one
+sample per row in ``<out>/figures/`` (``--audio``: rendered too) and ``<out>/index.html``
+to look at and listen to them. Examples: :data:`EPILOG`.
 
 The rows and columns are described in :mod:`ms2dist.inference.evaluation`.
 """
@@ -8,7 +8,6 @@ The rows and columns are described in :mod:`ms2dist.inference.evaluation`.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,30 +20,50 @@ from ms2dist.inference.calibration import CalibrationError, rule_for_model
 from ms2dist.inference.evaluation import closer_count, evaluate_model, prior_checks, table_rows
 from ms2dist.inference.modelio import load_model
 from ms2dist.inference.tables import slug, write_tables
+from ms2dist.music.audio import AUDIO_FORMATS, AudioUnavailable, RenderError, require
 from ms2dist.music.files import write_outputs
-from ms2dist.tracking.connect import TrackingUnavailable, connect
+from ms2dist.music.page import audio_settings, write_page
+from ms2dist.tracking.connect import TrackingUnavailable
+from ms2dist.tracking.tables import log_table_run
 
-__all__ = ["add_arguments", "main"]
+__all__ = ["EPILOG", "add_arguments", "main"]
+
+EPILOG = """examples:
+  ms2dist evaluate --model models:/midi-sandwich2@champion --data shards/lpd5/test --out eval/
+  ms2dist evaluate --model pretrained:lpd5 --data shards/lpd5/test --max-phrases 200 \\
+      --audio flac --no-mlflow --out eval/
+  ms2dist evaluate --model runs/s2/model --data shards/lpd5/test --out eval/ \\
+      --extra-model shared-BVAE=runs/shared/model --threshold 0.3
+"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model dir or MLflow URI")
+    p.add_argument("--model", required=True,
+                   help="model dir, pretrained:NAME or MLflow URI (models:/name@alias)")
     p.add_argument("--data", type=Path, required=True, help="a split folder, e.g. shards/x/test")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True,
+                   help="folder for table_i.{md,csv,json}, figures/ and index.html")
     p.add_argument("--extra-model", action="append", default=[], metavar="NAME=URI",
                    help="more rows, e.g. shared-BVAE=runs/shared/model or concat=models:/..")
     p.add_argument("--max-phrases", type=int, default=2000,
                    help="phrases of the split used (and samples generated per row)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the generated rows and the restore noise: same seed, same table")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="phrases per model call (memory, not results)")
     p.add_argument("--binarize", choices=["calibrated", "threshold", "bernoulli"], default=None,
-                   help="which notes are played (default: the model's calibrated per-track "
+                   help="which notes are played (none: the model's calibrated per-track "
                    "thresholds; threshold 0.5 for an uncalibrated model)")
     p.add_argument("--threshold", type=float, default=None,
-                   help="one threshold for every track and model instead")
-    p.add_argument("--tracking-uri", default="")
+                   help="play every note with probability above this, every track and model")
+    p.add_argument("--tracking-uri", default="",
+                   help="MLflow tracking URI (empty: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the table to MLflow")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--audio", choices=AUDIO_FORMATS, default=None,
+                   help="also render each row's sample to audio with FluidSynth (needs the "
+                   "Debian packages fluidsynth fluid-soundfont-gm, or $MS2DIST_SOUNDFONT)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device to evaluate on")
 
 
 def _fail(msg: str) -> int:
@@ -55,6 +74,11 @@ def _fail(msg: str) -> int:
 def main(args: argparse.Namespace, extra: list[str]) -> int:
     if args.max_phrases < 1 or args.batch_size < 1:
         return _fail("--max-phrases and --batch-size must be at least 1")
+    if args.audio:  # before any work: a missing package must not cost an evaluation
+        try:
+            require()
+        except AudioUnavailable as e:
+            return _fail(str(e))
     extras: dict[str, str] = {}
     for item in args.extra_model:
         name, sep, uri = item.partition("=")
@@ -95,10 +119,18 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
             "msg2_closer_than_msg1": closer_count(table, "MSG2", "MSG1")}
     md = write_tables(table, args.out, meta)
     figs = args.out / "figures"
+    page = []
     for name, arr in [("Dataset", data), *outputs.items()]:
         how = "" if name == "Dataset" else f", {rule_short}"
-        write_outputs(arr[:1].astype(np.float32), arr[:1], figs, slug(name),
-                      titles=[f"{name}{how}"])
+        try:
+            entry, = write_outputs(arr[:1].astype(np.float32), arr[:1], figs, slug(name),
+                                   titles=[f"{name}{how}"], audio=args.audio)
+        except (RenderError, AudioUnavailable) as e:
+            return _fail(f"{e} (the table is written to {md})")
+        page.append({**entry, "title": f"{name}{how}"})
+    settings = {k: v for k, v in meta.items() if k != "prior_checks"}
+    write_page(args.out, page, {**settings, **audio_settings(args.audio)},
+               f"ms2dist evaluate: {args.model} on {args.data}")
     print(md.read_text())
     if not args.no_mlflow:
         try:
@@ -111,17 +143,8 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _log_mlflow(args: argparse.Namespace, md: Path, figs: Path,
                 table: dict[str, dict[str, float]], meta: dict[str, Any]) -> None:
-    mlflow = connect(args.tracking_uri)
-    mlflow.set_experiment("ms2dist-evaluate")
-    with mlflow.start_run(run_name="table-i", tags={"ms2dist.model": str(args.model),
-                                                    "ms2dist.data": str(args.data)}):
-        mlflow.log_params({"n_phrases": meta["n_phrases"], "threshold": meta["threshold"],
-                           "binarize": meta["binarize"][:500],
-                           "seed": meta["seed"], **{f"extra_model.{k}": v
-                                                     for k, v in meta["extra_models"].items()}})
-        for name, row in table.items():
-            mlflow.log_metrics({f"{slug(name)}/{k}": v for k, v in row.items()
-                                if math.isfinite(v)})
-        for suffix in (".md", ".csv", ".json"):
-            mlflow.log_artifact(str(md.with_suffix(suffix)))
-        mlflow.log_artifacts(str(figs), artifact_path="figures")
+    # Into the evaluated model's own pipeline when the store holds it (else the
+    # ms2dist-evaluate experiment); artifacts beside the store, never under the cwd.
+    log_table_run(args.tracking_uri, str(args.model), str(args.data), table, meta,
+                  files=[md.with_suffix(s) for s in (".md", ".csv", ".json")],
+                  folders={"figures": figs})

@@ -14,7 +14,13 @@ import sys
 from ms2dist.tracking.connect import TrackingUnavailable
 from ms2dist.tracking.registry import import_model, list_models, promote
 
-__all__ = ["add_arguments", "main"]
+__all__ = ["add_arguments", "main", "EPILOG"]
+
+EPILOG = """examples:
+  ms2dist registry list --tracking-uri sqlite:///demo_out/mlflow.db
+  ms2dist registry promote midi-sandwich2 3 --alias staging
+  ms2dist registry import pretrained:lpd5      # the shipped model, as @champion
+"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,8 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "or pretrained:lpd5) as a new midi-sandwich2 version")
     p.add_argument("name", nargs="?", help="registered model name (promote) or model (import)")
     p.add_argument("version", nargs="?", help="version number (promote)")
-    p.add_argument("--alias", default="champion")
-    p.add_argument("--tracking-uri", default="")
+    p.add_argument("--alias", default="champion",
+                   help="alias promote and import point at the version (models:/NAME@ALIAS)")
+    p.add_argument("--tracking-uri", default="",
+                   help="MLflow URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 

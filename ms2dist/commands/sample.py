@@ -1,15 +1,9 @@
 """``ms2dist sample``: generate, restore, interpolate or complete phrases; writes MIDI,
-pianoroll ``.npz`` and a PNG per sample.
+``.npz``, PNG (``--audio``: FLAC or WAV) per sample and ``<out>/index.html`` to listen.
 
-    ms2dist sample --model models:/midi-sandwich2@champion --mode generate --n 4 --out out/
-    ms2dist sample --model runs/s2 --mode restore --input song.npz --n 2 --out out/
-    ms2dist sample --model runs/s2 --mode interpolate --input a.npz b.mid --n 8 --out out/
-    ms2dist sample --model runs/s2 --mode complete --input song.npz --keep Piano --out out/
-
-Samples are computed, binarised and written ``--batch-size`` at a time, so memory does not
-grow with ``--n`` and the files of finished batches are on disk if the run is interrupted
-(``<mode>_index.json`` and ``summary.json`` come at the end; an interrupted run writes them
-for the samples it finished). The latent noise is drawn per block of :data:`NOISE_BLOCK`
+Samples are computed, binarised and written ``--batch-size`` at a time (memory flat in
+``--n``; an interrupted run keeps its finished batches, with indexes, summary and page for
+them: ``music.files.SampleFiles``). The latent noise is drawn per block of :data:`NOISE_BLOCK`
 samples, each block exactly as the model's own method (``generate``, ``restore``, ...)
 draws it for that many phrases from the block's seed (the first block: ``--seed``), so the
 files do not depend on ``--batch-size``, and for ``--n`` up to ``NOISE_BLOCK`` they are
@@ -34,10 +28,19 @@ from ms2dist.inference.calibration import CalibrationError, rule_for_model
 from ms2dist.inference.modelio import layout_of, load_model
 from ms2dist.layout import parse_tracks
 from ms2dist.models.sandwich import binarize, slerp
-from ms2dist.music.files import DEFAULT_BPM, OutputIndex, write_outputs
+from ms2dist.music.audio import AUDIO_FORMATS, AudioUnavailable, RenderError, require
+from ms2dist.music.files import DEFAULT_BPM, SampleFiles, notes_line
+from ms2dist.music.page import sample_settings
 from ms2dist.songs.files import FORMATS, file_phrases
 
-__all__ = ["add_arguments", "main", "NOISE_BLOCK"]
+__all__ = ["EPILOG", "add_arguments", "main", "NOISE_BLOCK"]
+
+EPILOG = """examples:
+  ms2dist sample --model pretrained:lpd5 --n 4 --audio flac --out samples/
+  ms2dist sample --model runs/s2 --mode restore --input song.npz --n 2 --out restored/
+  ms2dist sample --model models:/midi-sandwich2@champion --mode complete --input song.mid \\
+      --keep Piano,Bass --out completed/
+"""
 
 # Samples per block of latent noise (see the module docstring): small enough that a
 # block's noise is a few MB, large enough that most runs are one block.
@@ -50,28 +53,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
                    help="model dir, training output dir, or MLflow URI (models:/name@alias)")
     p.add_argument("--mode", choices=["generate", "restore", "interpolate", "complete",
-                                      "no-fusion"], default="generate")
+                                      "no-fusion"], default="generate",
+                   help="generate from the prior, restore or complete --input phrases, "
+                   "interpolate between two, or no-fusion (BVAE priors, stage-1 models)")
     p.add_argument("--n", type=int, default=4, help="samples (generate), phrases (restore, "
                    "complete) or interpolation steps")
     p.add_argument("--batch-size", type=int, default=64,
                    help="samples computed and written at a time (memory, not results)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the latent noise and Bernoulli draws: same seed, same files")
+    p.add_argument("--out", type=Path, required=True,
+                   help="folder for the samples, their indexes and index.html")
     p.add_argument("--input", nargs="*", type=Path, default=[],
                    help="song files (.npz LPD or .mid) for restore/interpolate/complete")
-    p.add_argument("--format", default="auto", choices=FORMATS)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--format", default="auto", choices=FORMATS,
+                   help="how to read --input (auto: from the file name)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="scale of the prior noise (generate, no-fusion): lower is tamer")
     p.add_argument("--keep", default="Piano", help="complete: comma-separated tracks to keep")
     p.add_argument("--binarize", choices=["calibrated", "threshold", "bernoulli"], default=None,
                    help="which notes are played: the model's per-track thresholds fitted on "
-                   "held-out data (default when it has them), one --threshold, or Bernoulli "
-                   "draws")
+                   "held-out data (when it has them, else threshold 0.5), one --threshold, "
+                   "or Bernoulli draws")
     p.add_argument("--threshold", type=float, default=None,
                    help="play every note with probability above this (all tracks)")
     p.add_argument("--no-refine", action="store_true", help="skip the refine net (MSG1)")
-    p.add_argument("--tempo", type=float, default=None, help="BPM (default: input's, or 100)")
-    p.add_argument("--no-png", action="store_true")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--tempo", type=float, default=None, help="BPM (none: input's, or 100)")
+    p.add_argument("--no-png", action="store_true", help="skip the pianoroll pictures")
+    p.add_argument("--audio", choices=AUDIO_FORMATS, default=None,
+                   help="also render each sample to audio with FluidSynth (needs the Debian "
+                   "packages fluidsynth fluid-soundfont-gm, or $MS2DIST_SOUNDFONT)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device to sample on")
 
 
 def _fail(msg: str) -> int:
@@ -97,6 +110,11 @@ def _argument_error(args: argparse.Namespace) -> str | None:
             return str(e)
     if args.tempo is not None and not args.tempo > 0:
         return f"--tempo must be positive, got {args.tempo}"
+    if args.audio:  # checked before any work: a missing package must not cost a model load
+        try:
+            require()
+        except AudioUnavailable as e:
+            return str(e)
     return None
 
 
@@ -138,15 +156,18 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     try:
         with torch.no_grad():
             _sample_all(plan, run)
+    except (RenderError, AudioUnavailable) as e:
+        run.finish(interrupted=True)
+        return _fail(str(e))
     except KeyboardInterrupt:
         run.finish(interrupted=True)
         print(f"ms2dist sample: interrupted: the {run.index.n} sample(s) of finished batches "
               f"are in {args.out} (of {plan.n})", file=sys.stderr)
         return EXIT_INTERRUPTED
     run.finish()
-    print(f"wrote {run.index.n} {args.mode} sample(s) to {args.out} "
-          f"(.mid, .npz{'' if args.no_png else ', .png'}); notes played by "
-          f"{rule.describe(refine)}")
+    print(f"wrote {run.index.n} {args.mode} sample(s) to {args.out} (.mid, .npz"
+          f"{'' if args.no_png else ', .png'}{', .' + args.audio if args.audio else ''}; "
+          f"listen: {args.out / 'index.html'}); notes played by {rule.describe(refine)}")
     return 0
 
 
@@ -355,62 +376,37 @@ def _sample_all(plan: _Plan, run: _Run) -> None:
 
 
 class _Run:
-    """Binarising and writing the batches of one run, and its index and summary."""
+    """Binarising the batches of one run; :class:`SampleFiles` writes them, the indexes,
+    the summary and the listening page."""
 
     def __init__(self, args: argparse.Namespace, rule: Any, refine: bool, bpm: float,
                  layout: Any, kept: list[int] | None, with_inputs: bool) -> None:
-        self.args, self.rule, self.refine, self.bpm = args, rule, refine, bpm
-        self.layout, self.kept = layout, kept
+        self.args, self.rule, self.refine, self.bpm, self.kept = args, rule, refine, bpm, kept
         self.g: torch.Generator | None = None  # bernoulli draws: one stream for the run
-        self.index = OutputIndex(args.out, args.mode)
-        self.inputs = OutputIndex(args.out, "input") if with_inputs else None
+        self.files = SampleFiles(args.out, args.mode, with_inputs, bpm=bpm, layout=layout,
+                                 pictures=not args.no_png, audio=args.audio)
+        self.index = self.files.index
 
     def write(self, a: int, probs: torch.Tensor, x: torch.Tensor | None, titles: list[str],
               bar: Any) -> None:
         if self.g is None:
             self.g = torch.Generator(device=probs.device).manual_seed(self.args.seed)
         binary = self.rule.apply(probs, refine=self.refine, generator=self.g)
-        pictures = not self.args.no_png
-        inputs = []
-        if x is not None:  # the input phrases, next to what became of them
-            phrases = x.cpu().numpy() > 0.5
-            inputs = write_outputs(
-                phrases.astype(np.float32), phrases, self.args.out, "input", bpm=self.bpm,
-                titles=[f"input phrase {i}" for i in range(a, a + len(x))], pictures=pictures,
-                layout=self.layout, start=a, index=False)
         if self.kept is not None:
             # The kept tracks come back exactly as given, whatever the binariser does.
             binary[..., self.kept] = x[..., self.kept] > 0.5
-        entries = write_outputs(
-            probs.float().cpu().numpy(), binary.cpu().numpy(), self.args.out, self.args.mode,
-            bpm=self.bpm, titles=[f"{t}, {self.rule.short()}" for t in titles],
-            pictures=pictures, layout=self.layout, start=a, index=False)
-        if self.inputs is not None:  # the two indexes grow together, batch by batch
-            self.inputs.add(inputs)
-        self.index.add(entries)
+        entries = self.files.write(
+            a, probs.float().cpu().numpy(), binary.cpu().numpy(),
+            None if x is None else x.cpu().numpy() > 0.5,
+            [f"{t}, {self.rule.short()}" for t in titles])
         for entry in entries:
-            counts = entry["notes_per_track"]
-            bar.write(f"{Path(entry['midi']).name}: "
-                      + ", ".join(f"{t} {counts[t]}" for t in TRACKS)
-                      + f" notes ({sum(counts.values())} in all)", file=sys.stdout)
+            bar.write(notes_line(entry), file=sys.stdout)
 
     def finish(self, interrupted: bool = False) -> None:
-        """``<mode>_index.json``, ``input_index.json`` and ``summary.json`` of the samples
-        written (all of them, unless ``interrupted``)."""
-        if interrupted and self.index.recount() == 0:
-            self.index.discard()
-            if self.inputs is not None:
-                self.inputs.discard()
-            return
-        if self.inputs is not None:
-            self.inputs.finish()
-        a = self.args
-        summary = {"model": str(a.model), "mode": a.mode, "seed": a.seed, "n": self.index.n,
-                   "inputs": [str(p) for p in a.input], "tempo_bpm": self.bpm,
-                   "binarize": self.rule.to_json(self.refine), "threshold": a.threshold,
-                   "temperature": a.temperature, "refine": self.refine,
-                   "keep": [TRACKS[k] for k in self.kept] if self.kept is not None else None}
-        if interrupted:
-            summary["interrupted"] = True
-        self.index.write_into(a.out / "summary.json", summary, "files")
-        self.index.finish()
+        """The indexes, ``summary.json`` and ``index.html`` of the samples written (all of
+        them, unless ``interrupted``)."""
+        keep = [TRACKS[k] for k in self.kept] if self.kept is not None else None
+        summary = sample_settings(self.args, self.index.n, self.bpm,
+                                  self.rule.to_json(self.refine), self.refine, keep)
+        self.files.finish(summary, f"ms2dist sample: {self.args.mode}, {self.args.model}",
+                          interrupted)

@@ -23,13 +23,29 @@ from ms2dist.training.assemble import assemble
 from ms2dist.training.distributed import WorldSizeError
 from ms2dist.training.job import StageMismatch, TrainJob
 
-__all__ = ["add_arguments", "main"]
+__all__ = ["add_arguments", "main", "EPILOG"]
+
+EPILOG = """config overrides: any --section.key=value after the options, e.g. --optim.lr=3e-3
+  --train.vrae_steps=2e3 --data.batch_size=64 (unknown keys and out-of-range values are
+  refused before training starts).
+
+examples:
+  ms2dist train stage1 --config tiny --data shards/demo --out runs/s1
+  ms2dist train stage2 --config tiny --data shards/demo --out runs/s2 --stage1 runs/s1
+  accelerate launch --config_file launch_configs/cpu_multiprocess.yaml \\
+      -m ms2dist train stage1 --config tiny --data shards/demo --out runs/s1 --optim.lr=3e-3
+  ms2dist train assemble --out runs/s1 --from runs/s1-Drums runs/s1-Piano runs/s1-Bass
+"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("stage", choices=["stage1", "stage2", "assemble"])
-    p.add_argument("--config", default="paper", help="preset name or YAML file")
-    p.add_argument("--data", type=Path, help="packed shards folder (holding train/ val/)")
+    p.add_argument("stage", choices=["stage1", "stage2", "assemble"],
+                   help="stage1: the five BVAEs; stage2: the MFG-VAE on frozen BVAEs; "
+                        "assemble: join per-track stage-1 runs into one model")
+    p.add_argument("--config", default="paper",
+                   help="preset name (paper, tiny, ...) or YAML file (may name a preset)")
+    p.add_argument("--data", type=Path,
+                   help="packed shards folder holding train/ and val/ (needed to train)")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints + model/")
     p.add_argument("--tracks", default=",".join(TRACKS),
                    help="stage1: comma-separated subset of the tracks to train")
@@ -41,10 +57,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default="", help="MLflow URI (default: $MLFLOW_TRACKING_URI "
                    "or sqlite:///mlflow.db)")
     p.add_argument("--launch-config", default=os.environ.get("MS2DIST_LAUNCH_CONFIG", ""),
-                   help="name of the accelerate config used (recorded as a tag)")
+                   help="name of the accelerate config used, recorded as a tag (default: "
+                        "$MS2DIST_LAUNCH_CONFIG)")
     p.add_argument("--max-steps", type=int, default=None,
                    help="stop after this global step (checkpointed), leaving the run resumable")
-    p.add_argument("--from", dest="sources", nargs="+", type=Path,
+    p.add_argument("--from", dest="sources", nargs="+", type=Path, metavar="RUN",
                    help="assemble: per-track stage-1 run folders")
 
 

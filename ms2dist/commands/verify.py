@@ -15,7 +15,14 @@ from pathlib import Path
 
 from ms2dist.dataset.verify import verify_pack
 
-__all__ = ["add_arguments", "main"]
+__all__ = ["add_arguments", "main", "EPILOG"]
+
+EPILOG = """examples:
+  ms2dist verify shards/lpd5              # every split of a pack
+  ms2dist verify shards/lpd5/val          # one split
+  ms2dist verify demo_out/shards && echo intact
+exit status: 0 when everything holds, 1 when a problem is found, 2 when there is no pack.
+"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,5 @@
-"""Model outputs as files: one MIDI, pianoroll ``.npz`` and PNG picture per phrase.
+"""Model outputs as files: one MIDI, pianoroll ``.npz`` and PNG picture (and, on request,
+a FLAC or WAV rendering) per phrase.
 
 Used by ``ms2dist sample``, by training (sample artifacts in MLflow) and by
 ``ms2dist evaluate``. Binarising is explicit: probabilities and the notes played (chosen
@@ -18,11 +19,14 @@ import numpy as np
 
 from ms2dist import TRACKS
 from ms2dist.layout import DEFAULT_LAYOUT, PhraseLayout
+from ms2dist.music.audio import render
 from ms2dist.music.midi import write_midi
+from ms2dist.music.multitrack import write_sample_npz
+from ms2dist.music.page import audio_settings, write_page
 from ms2dist.music.pianoroll import plot_pianoroll
-from ms2dist.npyio import save_npz
 
-__all__ = ["write_outputs", "notes_per_track", "OutputIndex", "dump_json_list", "DEFAULT_BPM"]
+__all__ = ["write_outputs", "notes_per_track", "OutputIndex", "SampleFiles", "dump_json_list",
+           "DEFAULT_BPM", "notes_line"]
 
 DEFAULT_BPM = 100.0
 
@@ -36,10 +40,18 @@ def notes_per_track(roll: np.ndarray) -> dict[str, int]:
     return {t: int(n) for t, n in zip(TRACKS, starts.sum((0, 1)).tolist(), strict=True)}
 
 
+def notes_line(entry: dict[str, Any]) -> str:
+    """``generate_000.mid: Drums 88, Piano 46, ... notes (217 in all)`` for an index entry."""
+    counts = entry["notes_per_track"]
+    return (f"{Path(entry['midi']).name}: " + ", ".join(f"{t} {counts[t]}" for t in TRACKS)
+            + f" notes ({sum(counts.values())} in all)")
+
+
 def write_outputs(probs: np.ndarray, binary: np.ndarray, out: Path, prefix: str,
                   bpm: float = DEFAULT_BPM, titles: list[str] | None = None,
                   pictures: bool = True, layout: PhraseLayout = DEFAULT_LAYOUT, *,
-                  start: int = 0, index: bool = True) -> list[dict[str, Any]]:
+                  start: int = 0, index: bool = True,
+                  audio: str | None = None) -> list[dict[str, Any]]:
     """One ``.mid``, ``.npz`` and ``.png`` per phrase; returns an index of the files.
 
     ``probs``: note probabilities ``(N, bars, T, P, tracks)`` (stored as float16);
@@ -52,6 +64,11 @@ def write_outputs(probs: np.ndarray, binary: np.ndarray, out: Path, prefix: str,
     ``<prefix>_index.json`` to that caller (written once, at the end). Every file appears
     under its name only once complete (written beside it, then renamed), so an interrupted
     run never leaves a truncated ``.npz`` or ``.mid`` behind.
+
+    ``audio``: ``"flac"`` or ``"wav"`` also renders each MIDI file to ``<stem>.<audio>``
+    beside it (:func:`ms2dist.music.audio.render`) and names it in the entry
+    (``"audio": "<file name>"``); it raises ``AudioUnavailable`` if FluidSynth or its
+    SoundFont is missing, so check ``ms2dist.music.audio.require()`` before costly work.
     """
     out = Path(out)
     binary = np.asarray(binary) != 0
@@ -63,7 +80,11 @@ def write_outputs(probs: np.ndarray, binary: np.ndarray, out: Path, prefix: str,
     for i in range(len(binary)):
         stem = out / f"{prefix}_{start + i:03d}"
         title = (titles[i] if titles else f"{prefix} {start + i}") if pictures else None
-        entries.append(_write_phrase(stem, probs[i], binary[i], bpm, title, layout))
+        entry = _write_phrase(stem, probs[i], binary[i], bpm, title, layout)
+        if audio is not None:
+            entry["audio"] = render(stem.with_suffix(".mid"), stem.with_suffix(f".{audio}"),
+                                    audio).name
+        entries.append(entry)
     if index:
         (out / f"{prefix}_index.json").write_text(json.dumps(entries, indent=1))
     return entries
@@ -77,9 +98,8 @@ def _write_phrase(stem: Path, probs: np.ndarray, binary: np.ndarray, bpm: float,
         write_midi(roll, tmp, tempo_bpm=bpm, steps_per_beat=layout.steps_per_beat,
                    lowest_pitch=layout.lowest_pitch)
     with _atomic(stem.with_suffix(".npz")) as tmp:
-        save_npz(tmp, pianoroll=binary, probabilities=probs.astype(np.float16),
-                 tracks=np.array(TRACKS), lowest_pitch=np.int64(layout.lowest_pitch),
-                 steps_per_beat=np.int64(layout.steps_per_beat), tempo_bpm=np.float64(bpm))
+        # A pypianoroll Multitrack (pypianoroll.load opens it) with our arrays alongside.
+        write_sample_npz(tmp, binary, probs, bpm, layout, name=stem.name)
     entry = {"midi": str(stem.with_suffix(".mid")), "npz": str(stem.with_suffix(".npz")),
              "notes_on": int(binary.sum()), "notes_per_track": notes_per_track(binary)}
     if title is not None:
@@ -151,6 +171,61 @@ class OutputIndex:
 
     def discard(self) -> None:
         self.part.unlink(missing_ok=True)
+
+
+class SampleFiles:
+    """The files of one ``ms2dist sample`` run, written batch by batch: each output (and
+    the input phrase it came from, if any) by :func:`write_outputs`; at :meth:`finish`
+    ``<prefix>_index.json``, ``input_index.json``, ``summary.json`` and ``index.html``."""
+
+    def __init__(self, out: Path, prefix: str, with_inputs: bool, *, bpm: float,
+                 layout: PhraseLayout, pictures: bool, audio: str | None) -> None:
+        self.out, self.prefix = Path(out), prefix
+        self.kw = {"bpm": bpm, "layout": layout, "pictures": pictures, "audio": audio,
+                   "index": False}
+        self.index = OutputIndex(out, prefix)
+        self.inputs = OutputIndex(out, "input") if with_inputs else None
+
+    def write(self, start: int, probs: np.ndarray, binary: np.ndarray,
+              inputs: np.ndarray | None, titles: list[str]) -> list[dict[str, Any]]:
+        """Write outputs ``start, start + 1, ...`` (and their ``inputs``); their entries."""
+        written = []
+        if inputs is not None:  # the input phrases, next to what became of them
+            written = write_outputs(
+                inputs.astype(np.float32), inputs, self.out, "input", start=start,
+                titles=[f"input phrase {i}" for i in range(start, start + len(inputs))],
+                **self.kw)
+        entries = write_outputs(probs, binary, self.out, self.prefix, start=start,
+                                titles=titles, **self.kw)
+        if self.inputs is not None:  # the two indexes grow together, batch by batch
+            self.inputs.add(written)
+        self.index.add(entries)
+        return entries
+
+    def finish(self, summary: dict[str, Any], title: str, interrupted: bool = False) -> None:
+        """``summary.json`` (``summary`` + the entries as ``files``), the indexes and the
+        listening page (``summary`` is its settings). ``interrupted``: of the samples that
+        were written, and nothing when none was."""
+        if interrupted and self.index.recount() == 0:
+            self.index.discard()
+            if self.inputs is not None:
+                self.inputs.discard()
+            return
+        summary = {**summary, "n": self.index.n}
+        if interrupted:
+            summary["interrupted"] = True
+        self.index.write_into(self.out / "summary.json", summary, "files")
+        inputs = list(self.inputs.entries()) if self.inputs is not None else []
+        page = []
+        for i, entry in enumerate(self.index.entries()):
+            page.append(entry)
+            if i < len(inputs):  # each output, then the phrase it was made from
+                page.append({**inputs[i], "title": f"input_{i:03d}: the input of "
+                             f"{Path(entry['midi']).stem}"})
+        write_page(self.out, page, {**summary, **audio_settings(self.kw["audio"])}, title)
+        if self.inputs is not None:
+            self.inputs.finish()
+        self.index.finish()
 
 
 def dump_json_list(f: Any, items: Iterable[Any], level: int) -> None:

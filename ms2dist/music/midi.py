@@ -16,6 +16,20 @@ The files are written with ``mido`` (pretty_midi's own dependency) rather than
 pypianoroll or pretty_midi: pypianoroll 1.0.4 writes one (harmonic-mean) tempo and no
 time signature, and pretty_midi has no public way to write tempo changes. Writing in
 ticks (``ticks_per_step`` ticks per step) keeps every onset on the grid exactly.
+
+What the field's readers need (``tests/test_midi.py`` checks them):
+
+- The tempo and a 4/4 time signature are at tick 0, whatever plays.
+- The file ends at the phrase's end, silent or not: end-of-track there, and the 4/4 time
+  signature repeated there. pretty_midi (and ``pypianoroll.read``, built on it) ignores
+  end-of-track and takes the length from the last event it keeps; a silent file would
+  have no beats at all. Its beat tracker snaps a beat onto a time signature change, so the
+  repeat also stops float error from adding a beat when the last event falls on a beat.
+- A note-off is written one tick (1/40 step by default) after its step boundary, except
+  at the phrase's end (and below 3 ticks per step, where a tick is not small next to a step).
+  ``pypianoroll.read`` and ``PrettyMIDI.get_piano_roll`` floor note ends, and a note-off
+  exactly on the boundary lands a float error below it at many tempos, cutting the note
+  short by a step; :func:`read_midi` rounds to the nearest step.
 """
 
 from __future__ import annotations
@@ -116,8 +130,10 @@ def write_midi(
     Notes
     -----
     Every maximal run of on-steps of one pitch becomes one note (see the module notes).
-    The file carries one 4/4 time signature, the tempo map, and ends (end-of-track) at
-    step ``T`` so :func:`read_midi` recovers the length even when the last steps are empty.
+    The file carries a 4/4 time signature and the tempo at tick 0, the tempo map, and ends
+    at step ``T`` (end-of-track and the 4/4 repeated there) so :func:`read_midi`,
+    pretty_midi and ``pypianoroll.read`` recover the length even when the last steps (or
+    all of them) are empty.
     """
     x = as_song(roll)
     n_steps, n_pitch, n_tracks = x.shape
@@ -147,8 +163,12 @@ def write_midi(
     ]
     for step, usec in _tempo_steps(tempo_bpm, n_steps):
         conductor.append((step * ticks_per_step, 2, mido.MetaMessage("set_tempo", tempo=usec)))
+    if end_tick > 0:  # the phrase's end, for readers that ignore end-of-track (module notes)
+        conductor.append((end_tick, 3, mido.MetaMessage("time_signature", numerator=4,
+                                                        denominator=4)))
     mid.tracks.append(_to_track(conductor, end_tick))
 
+    late = 1 if ticks_per_step > 2 else 0  # a tick is under half a step: reads back the same
     melodic_channels = iter([c for c in range(16) if c != DRUM_CHANNEL])
     for k, name in enumerate(tracks):
         is_drum = name == drum_track
@@ -171,9 +191,11 @@ def write_midi(
                     mido.Message("note_on", channel=channel, note=p, velocity=velocity),
                 )
             )
+            # One tick late (not at the phrase's end): flooring readers land on the step.
+            off_tick = off * ticks_per_step + (late if off < n_steps else 0)
             events.append(
                 (
-                    off * ticks_per_step,
+                    off_tick,
                     2,
                     mido.Message("note_off", channel=channel, note=p, velocity=0),
                 )

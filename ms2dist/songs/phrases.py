@@ -11,7 +11,7 @@ The layout itself (shape, pitch window, bit packing) is :mod:`ms2dist.layout`;
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -170,7 +170,17 @@ def notes_phrases(
 
 
 def phrases_of_song(song, cfg: PhraseConfig = PhraseConfig()):
-    """:func:`notes_phrases` for an ``ms2dist.songs.Song`` (duck-typed; no I/O here)."""
+    """:func:`notes_phrases` for an ``ms2dist.songs.Song`` (duck-typed; no I/O here).
+
+    A song on another grid than ``cfg.source_resolution`` (e.g. a sample ``.npz`` written by
+    ``ms2dist sample``, 12 steps per beat) is cut on its own grid, when the phrase grid
+    divides it; otherwise it is refused, naming both."""
+    res = int(getattr(song, "resolution", cfg.source_resolution) or cfg.source_resolution)
+    if res != cfg.source_resolution:
+        if res % cfg.steps_per_beat:
+            raise ValueError(f"the song has {res} steps per beat; phrases need a multiple of "
+                             f"{cfg.steps_per_beat} (write it at {cfg.source_resolution})")
+        cfg = replace(cfg, source_resolution=res)
     return notes_phrases(
         song.times, song.pitches, song.tracks, song.n_steps, cfg, start=song.first_downbeat
     )

@@ -13,23 +13,48 @@ version it was trained on. New versions get alias ``candidate``; ``promote`` mov
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from ms2dist import __version__
 from ms2dist.inference.modelio import read_model_config, resolve_model_dir, update_model_meta
+from ms2dist.inference.requests import DEFAULTS
 from ms2dist.tracking.connect import (
     TrackingUnavailable,
     connect,
     get_or_create_experiment,
     resolve_tracking_uri,
 )
+from ms2dist.tracking.wheel import build_wheel, pinned_requirements
 
 __all__ = ["REGISTERED_NAMES", "log_and_register", "import_model", "list_models", "promote",
-           "stage1_lineage", "parse_models_uri", "TrackingUnavailable"]
+           "stage1_lineage", "parse_models_uri", "TrackingUnavailable", "serving_signature",
+           "INPUT_EXAMPLE"]
 
 REGISTERED_NAMES = {"stage1": "ms2-bvae", "stage2": "midi-sandwich2"}
 ARTIFACT = "ms2dist-model"
+WHEELS = "wheels"
+#: The logged model's input example (docs/serving.md): one request, small answer.
+INPUT_EXAMPLE = {"mode": "generate", "n": 1, "seed": 0, "output": "notes"}
+_PARAM_TYPES = {"mode": "string", "n": "long", "seed": "long", "temperature": "double",
+                "binarize": "string", "threshold": "double", "output": "string"}
+
+
+def serving_signature():
+    """The MLflow signature of served models: a params schema of every request key
+    but ``phrases`` (defaults as in docs/serving.md) and no column schema.
+
+    No column schema on purpose: MLflow drops input columns a schema does not declare,
+    silently, and ``phrases`` is a 5-D array; ``predict`` checks every key and value of
+    a request itself (:mod:`ms2dist.inference.requests`).
+    """
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    return ModelSignature(inputs=None, params=ParamSchema(
+        [ParamSpec(k, t, DEFAULTS[k]) for k, t in _PARAM_TYPES.items()]))
 
 
 def log_and_register(model_dir: Path, stage: str, register: bool = True,
@@ -37,8 +62,11 @@ def log_and_register(model_dir: Path, stage: str, register: bool = True,
     """Log `model_dir` into the active run as a pyfunc model; register it (alias candidate).
 
     ``meta`` (lineage: run id, pipeline id, ...) is merged into the model's config.json
-    first, so it travels inside the logged artifact. Returns "name/version" or None when
-    not registered.
+    first, so it travels inside the logged artifact. The logged model carries the serving
+    signature (:func:`serving_signature`), an input example, and the ms2dist wheel under
+    ``data/<model>/wheels/`` that its ``requirements.txt`` names (with every dependency
+    pinned to the installed version), so ``mlflow models serve --env-manager uv`` can
+    rebuild its environment. Returns "name/version" or None when not registered.
     """
     import mlflow
     from mlflow import MlflowClient
@@ -47,14 +75,26 @@ def log_and_register(model_dir: Path, stage: str, register: bool = True,
         update_model_meta(model_dir, meta)
     name = REGISTERED_NAMES[stage]
     _, meta = read_model_config(model_dir)
-    info = mlflow.pyfunc.log_model(
-        name=ARTIFACT,
-        loader_module="ms2dist.pyfunc",
-        data_path=str(model_dir),
-        pip_requirements=[f"ms2dist=={__version__}", "torch", "safetensors"],
-        registered_model_name=name if register else None,
-        metadata={"ms2dist_stage": stage, "trained_tracks": meta.get("trained_tracks")},
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        # The artifact's data directory = the model + the wheel that rebuilds its
+        # environment (requirements.txt names it relative to the logged model's root).
+        staged = Path(tmp) / model_dir.name
+        shutil.copytree(model_dir, staged)
+        wheel = build_wheel()
+        (staged / WHEELS).mkdir()
+        shutil.copy2(wheel, staged / WHEELS / wheel.name)
+        info = mlflow.pyfunc.log_model(
+            name=ARTIFACT,
+            loader_module="ms2dist.pyfunc",
+            data_path=str(staged),
+            pip_requirements=pinned_requirements(
+                f"data/{staged.name}/{WHEELS}/{wheel.name}"),
+            signature=serving_signature(),
+            input_example=INPUT_EXAMPLE,
+            registered_model_name=name if register else None,
+            metadata={"ms2dist_stage": stage, "trained_tracks": meta.get("trained_tracks"),
+                      "ms2dist_request_format": "docs/serving.md"},
+        )
     if not register:
         return None
     version = str(info.registered_model_version)
@@ -158,9 +198,6 @@ def import_model(source: str, alias: str = "champion", tracking_uri: str = "") -
     The model is copied first: registering writes its version into the copy's
     config.json, never into the installed package.
     """
-    import shutil
-    import tempfile
-
     src = resolve_model_dir(source)
     _, meta = read_model_config(src)
     if meta.get("stage") != "stage2":

@@ -29,6 +29,7 @@ from ms2dist.tracking.connect import (
     connect,
     get_or_create_experiment,
     resolve_tracking_uri,
+    ui_url,
 )
 from ms2dist.tracking.courier import Courier
 from ms2dist.tracking.registry import log_and_register, stage1_lineage
@@ -137,9 +138,20 @@ class RunTracker:
             self.pipeline_id = run.data.tags.get("ms2dist.pipeline_id", "")
             client.update_run(self.run_id, status="RUNNING")
             client.set_tag(self.run_id, "ms2dist.resumed", "true")
+            # An experiment made before ms2dist tagged its experiments gets the tags now.
+            get_or_create_experiment(mlflow, client.get_experiment(
+                run.info.experiment_id).name, self.uri)
+            self._announce(run.info.experiment_id, run.info.run_name)
         else:
             self._create_run(mlflow, client)
         self._open_courier()
+
+    def _announce(self, experiment_id: str, run_name: str) -> None:
+        """Where to watch the run: its page on the UI's model-training side."""
+        how = "" if self.uri.startswith(("http://", "https://")) else \
+            f" (after `mlflow ui --backend-store-uri {self.uri}`)"
+        print(f"[ms2dist] MLflow run {run_name}: {ui_url(self.uri, experiment_id, self.run_id)}"
+              f"{how}", file=sys.stderr, flush=True)
 
     def _create_run(self, mlflow: Any, client: Any) -> None:
         from mlflow.entities import Param
@@ -152,6 +164,7 @@ class RunTracker:
         run = client.create_run(exp.experiment_id, tags=self._tags(pipeline),
                                 run_name=f"{self.job.stage}-{pipeline}")
         self.run_id = run.info.run_id
+        self._announce(exp.experiment_id, run.info.run_name)
         items = list(flatten(to_dict(self.cfg)).items())
         for i in range(0, len(items), 90):
             client.log_batch(self.run_id, params=[Param(k, str(v)[:500])

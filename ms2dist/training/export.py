@@ -1,5 +1,6 @@
 """The end of a stage: the trained model as a directory (safetensors + JSON), calibrated
-(stage 2), previewed and logged/registered in MLflow. Only the main process writes."""
+(stage 2), previewed (both stages) and logged/registered in MLflow. Only the main process
+writes."""
 
 from __future__ import annotations
 
@@ -41,9 +42,12 @@ def export(job: TrainJob, stage: Stage, cfg: RunConfig, accelerator: Any, object
                             for t, v in cal["thresholds"].items()})
         print(f"[ms2dist] calibrated thresholds {json.dumps(cal['thresholds'])}",
               file=sys.stderr, flush=True)
-        # The final previews use the thresholds the model ships with.
-        with torch.random.fork_rng(devices=[]):
-            log_previews(tracker, model, stage, stage.total_steps(cfg), job.data / "val",
-                         layout, rule=rule_for_model({"calibration": cal}))
+    # Both stages end with previews of real samples (stage 1: its BVAEs' reconstructions
+    # and prior samples; stage 2: restores and generations, played by the thresholds the
+    # model ships with).
+    rule = rule_for_model({"calibration": cal}) if stage.calibrates() else None
+    with torch.random.fork_rng(devices=[]):
+        log_previews(tracker, model, stage, stage.total_steps(cfg), job.data / "val",
+                     layout, rule=rule, tracks=stage.trained_tracks(job))
     tracker.log_model(out, stage.name)
     print(f"[ms2dist] {stage.name} model written to {out}", file=sys.stderr, flush=True)

@@ -160,11 +160,13 @@ def train(job: TrainJob) -> int:
                 log_local(job.out, step, train_logs, main)
             if step % cfg.train.eval_every == 0 or step == stop_at:
                 val = evaluate(kl_w)
-                if main and due(step, cfg.tracking.sample_every, final=False):
-                    log_previews(tracker, model, stage, step, job.data / "val", layout)
                 if main:
                     summary = {k: round(v, 4) for k, v in val.items() if "f1" in k}
                     bar.write(f"[ms2dist] step {step} val {json.dumps(summary)}")
+            # Previews on their own clock (main process only, no collective inside).
+            if main and due(step, cfg.tracking.sample_every, final=False):
+                log_previews(tracker, model, stage, step, job.data / "val", layout,
+                             tracks=stage.trained_tracks(job))
             if step % cfg.train.checkpoint_every == 0 or step == stop_at:
                 save_checkpoint(accelerator, job.out, snapshot(last_logs),
                                 cfg.train.keep_checkpoints)

@@ -81,9 +81,12 @@ class Stage:
     def load_trained(self, model: MidiSandwich2, state: dict[str, torch.Tensor]) -> None:
         """Copy the engine's final state (the objective's) into ``model`` for export."""
 
-    def previews(self, model: MidiSandwich2, x: torch.Tensor, step: int
-                 ) -> dict[str, torch.Tensor]:
-        """Note probabilities to picture, by file prefix (``target`` = the phrases)."""
+    def previews(self, model: MidiSandwich2, x: torch.Tensor, step: int,
+                 tracks: list[int] | None = None) -> dict[str, torch.Tensor]:
+        """Note probabilities to picture, by file prefix (``target`` = the phrases).
+
+        ``tracks``: the track indices this job trains (``None``: all).
+        """
         raise NotImplementedError
 
     def calibrates(self) -> bool:
@@ -153,12 +156,20 @@ class Stage1(Stage):
     def trained_tracks(self, job: TrainJob) -> list[str]:
         return job.tracks
 
-    def previews(self, model: MidiSandwich2, x: torch.Tensor, step: int
-                 ) -> dict[str, torch.Tensor]:
-        # Each BVAE on its own track: the MFG-VAE is untrained in stage 1.
+    def previews(self, model: MidiSandwich2, x: torch.Tensor, step: int,
+                 tracks: list[int] | None = None) -> dict[str, torch.Tensor]:
+        # Each BVAE on its own track (the MFG-VAE is untrained in stage 1): the val phrases
+        # rebuilt track by track, and phrases whose every track is drawn from its BVAE's own
+        # prior (seeded by the step), both assembled into multi-track phrases. A track this
+        # job does not train stays silent rather than showing an untrained decoder's noise.
         rec = torch.stack([model.bvae(t)(x[..., t], sample=False)[0]
                            for t in range(len(TRACKS))], -1)
-        return {"recon": rec, "target": x}
+        prior = model.generate_no_fusion(len(x), seed=step)
+        if tracks is not None:
+            off = [t for t in range(len(TRACKS)) if t not in tracks]
+            rec[..., off] = 0.0
+            prior[..., off] = 0.0
+        return {"recon": rec, "target": x, "prior": prior}
 
 
 class Stage2(Stage):
@@ -236,8 +247,8 @@ class Stage2(Stage):
     def load_trained(self, model: MidiSandwich2, state: dict[str, torch.Tensor]) -> None:
         model.mfg.load_state_dict({k.removeprefix("mfg."): v for k, v in state.items()})
 
-    def previews(self, model: MidiSandwich2, x: torch.Tensor, step: int
-                 ) -> dict[str, torch.Tensor]:
+    def previews(self, model: MidiSandwich2, x: torch.Tensor, step: int,
+                 tracks: list[int] | None = None) -> dict[str, torch.Tensor]:
         return {"recon": model.restore(x, sample=False), "target": x,
                 "generated": model.generate(len(x), seed=step)}
 
