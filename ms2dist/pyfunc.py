@@ -69,6 +69,10 @@ def _prediction_context() -> Any:
 
 def _install_params_watch() -> None:
     logger = logging.getLogger(_MLFLOW_PARAMS_LOGGER)
+    # A logger's filters only run for records it is enabled for (MLFLOW_LOGGING_LEVEL=ERROR
+    # would otherwise let a typo through silently).
+    if not logger.isEnabledFor(logging.WARNING):
+        logger.setLevel(logging.WARNING)
     if not any(isinstance(f, _DroppedParams) for f in logger.filters):
         logger.addFilter(_DroppedParams())
 
@@ -108,6 +112,8 @@ class MidiSandwich2Pyfunc:
         """Answer every request of ``model_input``; see the module docstring."""
         ctx = _prediction_context()
         dropped = getattr(ctx, "_ms2dist_dropped_params", None)
+        if ctx is not None and dropped:
+            ctx._ms2dist_dropped_params = None  # a reused context must not fail later calls
         if dropped:
             known = ", ".join(k for k in FIELDS if k != "phrases")
             raise _bad_request(f"params: unknown key(s) {dropped.strip('[]')}; "

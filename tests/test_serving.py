@@ -133,6 +133,9 @@ def test_mlmodel_has_params_schema_input_example_and_its_wheel(store) -> None:
     reqs = (art / "requirements.txt").read_text().split()
     wheel = art / reqs[0]
     assert wheel.name.startswith("ms2dist-") and wheel.is_file(), reqs
+    # Named by the source it holds: MLflow reuses a rebuilt environment by requirements hash.
+    from ms2dist.tracking.wheel import _digest, _package_dir
+    assert f"+g{_digest(_package_dir())[:12]}-" in wheel.name
     assert f"torch=={torch.__version__}" in reqs
     names = zipfile.ZipFile(wheel).namelist()
     assert "ms2dist/pyfunc.py" in names and "ms2dist/inference/requests.py" in names

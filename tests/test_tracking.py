@@ -354,11 +354,9 @@ class _Evil:
 
 
 def _logged_model_dir(store: Store, mv) -> Path:
-    import mlflow
-
     assert mv.source.startswith("models:/"), mv.source
     model_id = mv.source[len("models:/"):].split("/")[0]
-    return store.local_path(mlflow.get_logged_model(model_id).artifact_location)
+    return store.local_path(store.client().get_logged_model(model_id).artifact_location)
 
 
 @pytest.fixture(scope="module")

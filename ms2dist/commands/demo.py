@@ -156,10 +156,10 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
 ms2dist demo finished in {total / 60:.1f} min. Outputs in {out}:
   shards/                 packed phrases (+ manifest.json, rejects.jsonl)
   runs/stage1, runs/stage2  checkpoints, metrics.jsonl, model/ (safetensors + config.json)
-  samples/                generated and restored phrases (.mid, .npz, .png)
+  samples/                generated and restored phrases (.mid, .npz, .png, index.html)
   eval/table_i.md         the paper's Table I for this model
   mlflow.db               runs, metrics, registered models ({model_uri})
-Open the MLflow UI on them:
+Open the MLflow UI on them (the run links above select its Model training pages):
   mlflow ui --backend-store-uri {uri}
 """)
     return 0

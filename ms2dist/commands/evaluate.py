@@ -95,6 +95,7 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
         return _fail(f"--data {args.data}: {e}")
     outputs: dict[str, np.ndarray] = {}
     rules: dict[str, str] = {}
+    short: dict[str, str] = {}
     for name, uri in {"": args.model, **extras}.items():
         try:
             model = load_model(uri, device=args.device)
@@ -106,11 +107,11 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
         except CalibrationError as e:
             return _fail(str(e))
         rules[name or "model"] = rule.describe()
-        rule_short = rule.short()
         rows = evaluate_model(model, data, seed=args.seed, bs=args.batch_size, rule=rule)
         if name:  # an extra model contributes its generator and restore rows
             rows = {f"{name} (MSG2)": rows["MSG2"], f"{name} (MSR)": rows["MSR"]}
         outputs.update(rows)
+        short.update(dict.fromkeys(rows, rule.short()))  # each row titled by its own rule
     table = table_rows(outputs, data)
     meta = {"model": str(args.model), "data": str(args.data), "n_phrases": int(len(data)),
             "binarize": "; ".join(f"{k}: {v}" for k, v in rules.items()) if extras
@@ -121,7 +122,7 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     figs = args.out / "figures"
     page = []
     for name, arr in [("Dataset", data), *outputs.items()]:
-        how = "" if name == "Dataset" else f", {rule_short}"
+        how = "" if name == "Dataset" else f", {short[name]}"
         try:
             entry, = write_outputs(arr[:1].astype(np.float32), arr[:1], figs, slug(name),
                                    titles=[f"{name}{how}"], audio=args.audio)

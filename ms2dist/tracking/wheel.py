@@ -43,7 +43,7 @@ def _runtime_requirements() -> list[Requirement]:
     return [r for r in reqs if r.marker is None or r.marker.evaluate({"extra": ""})]
 
 
-def _pyproject() -> str:
+def _pyproject(source_digest: str) -> str:
     meta = md.metadata(DIST)
     deps = ",\n".join(f"    {str(r)!r}" for r in _runtime_requirements())
     scripts = "\n".join(f"{ep.name} = {ep.value!r}"
@@ -52,7 +52,7 @@ def _pyproject() -> str:
     python = meta.get("Requires-Python") or ">=3.10"
     return (f'[build-system]\nrequires = ["setuptools>=68"]\n'
             f'build-backend = "setuptools.build_meta"\n\n'
-            f'[project]\nname = "{DIST}"\nversion = "{meta["Version"]}"\n'
+            f'[project]\nname = "{DIST}"\nversion = "{meta["Version"]}+g{source_digest[:12]}"\n'
             f'requires-python = "{python}"\ndependencies = [\n{deps}\n]\n\n'
             f"[project.scripts]\n{scripts}\n\n"
             f'[tool.setuptools.packages.find]\ninclude = ["{DIST}*"]\n')
@@ -74,8 +74,8 @@ def build_wheel() -> Path:
     Returns
     -------
     Path
-        ``ms2dist-<version>-py3-none-any.whl`` in a directory removed when the process
-        ends; copy it where it must stay.
+        ``ms2dist-<version>+g<source digest>-py3-none-any.whl`` in a directory removed
+        when the process ends; copy it where it must stay.
 
     Raises
     ------
@@ -90,7 +90,10 @@ def build_wheel() -> Path:
     atexit.register(shutil.rmtree, work, True)
     src, out = work / "src", work / "dist"
     shutil.copytree(pkg, src / DIST, ignore=_EXCLUDE)
-    (src / "pyproject.toml").write_text(_pyproject())
+    # The source digest as the local version label: MLflow names a rebuilt environment by a
+    # hash of requirements.txt and reuses it, so two models logged from different code must
+    # not name the same wheel file.
+    (src / "pyproject.toml").write_text(_pyproject(key))
     # In a subprocess: setuptools' build leaves state (logging, distutils) in its process.
     code = ("import sys; from setuptools import build_meta; "
             "print(build_meta.build_wheel(sys.argv[1]))")
