@@ -13,14 +13,13 @@ import re
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from ms2dist.music import audio
 from tests.browser import browser_page, screenshot_dir
-from tests.test_tracking import TINY, _clean_env, _free_port, _stop_server, cli
+from tests.test_tracking import TINY, _clean_env, _free_port, _stop_server, cli, wait_until_up
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]
 
@@ -70,19 +69,7 @@ def ui(pipeline: Pipeline):
                              pipeline.uri, "--host", "127.0.0.1", "--port", str(port)],
                             cwd=pipeline.cwd, env=_clean_env(), stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            _stop_server(proc)
-            raise RuntimeError("mlflow ui did not come up:\n" +
-                               (pipeline.db.parent.parent / "ui.log").read_text()[-4000:])
-        time.sleep(0.5)
+    wait_until_up(proc, base + "/health", pipeline.db.parent.parent / "ui.log", "mlflow ui")
     try:
         yield base
     finally:

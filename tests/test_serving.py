@@ -39,6 +39,7 @@ from tests.test_tracking import (
     _start_server,
     _stop_server,
     cli,
+    wait_until_up,
 )
 
 MODEL = "models:/midi-sandwich2@champion"
@@ -71,19 +72,9 @@ def _serve(store, root: Path, env_manager: str, timeout: float,
          env_manager, "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
         cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/ping", timeout=2) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            _stop_server(proc)
-            raise RuntimeError(f"mlflow models serve did not come up:\n"
-                               f"{(root / f'serve-{env_manager}.log').read_text()[-6000:]}")
-        time.sleep(0.5)
+    wait_until_up(proc, url + "/ping", root / f"serve-{env_manager}.log",
+                  "mlflow models serve", timeout)
+    return proc, url
 
 
 @pytest.fixture(scope="module")

@@ -109,20 +109,26 @@ def _start_server(root: Path, port: int | None = None) -> tuple[subprocess.Popen
          "--artifacts-destination", str(root / "artifacts")],
         cwd=root, env=_clean_env(), stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True)
-    deadline = time.time() + 120
+    wait_until_up(proc, uri + "/health", root / "server.log", "mlflow server")
+    return proc, Store("server", uri, root, root / "artifacts")
+
+
+def wait_until_up(proc: subprocess.Popen, url: str, log: Path, what: str,
+                  timeout_s: float = 120) -> None:
+    """Poll ``url`` until it answers 200; stop ``proc`` and raise with its log's tail if it
+    dies or ``timeout_s`` passes."""
+    deadline = time.time() + timeout_s
     while True:
         try:
-            with urllib.request.urlopen(uri + "/health", timeout=2) as r:
+            with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
-                    break
+                    return
         except OSError:
             pass
         if proc.poll() is not None or time.time() > deadline:
             _stop_server(proc)
-            raise RuntimeError(f"mlflow server did not come up:\n"
-                               f"{(root / 'server.log').read_text()[-4000:]}")
+            raise RuntimeError(f"{what} did not come up:\n{log.read_text()[-6000:]}")
         time.sleep(0.5)
-    return proc, Store("server", uri, root, root / "artifacts")
 
 
 def _stop_server(proc: subprocess.Popen) -> None:
