@@ -1,21 +1,27 @@
-"""Forward+backward throughput of MIDI-Sandwich2 presets, with an analytic FLOP count.
+"""Forward+backward throughput of MIDI-Sandwich2 presets, with analytic FLOPs and the peak.
 
-    python3 bench/bench_model.py [--presets paper reference-code] [--batch 32] [--repeats 5]
+    python3 bench/bench_model.py [--presets tiny paper] [--batch 32] [--repeats 5]
 
-Two workloads per preset, each one optimiser-free training step on a random {0,1} batch:
+Workloads per preset, each one optimiser-free training step on a random {0,1} batch, all 5
+tracks (the phases of ``ms2dist train stage1`` and stage 2):
 
-- ``stage1``: the joint stage-1 loss of all 5 BVAEs (VRAE + refiner, gradients through both).
-- ``stage2``: the stage-2 loss: frozen BVAE encoders (no grad) + MFG-VAE forward and backward.
+- ``vrae``: the stage-1 VRAE phase (BCE + KL, gradients through the VRAEs).
+- ``refine-separate`` / ``refine``: the refine phase (frozen VRAE forward, refine nets
+  trained), the five refine nets one after another (before) and as one grouped convolution
+  stack (after, ``models/grouped.py``, the trainer's default).
+- ``stage2``: frozen BVAE encoders (no grad) + MFG-VAE forward and backward.
 
 FLOPs are counted analytically (multiply-add = 2 FLOPs), forward only, then a backward pass is
-taken as 2x its forward (the usual estimate; the frozen encoders of stage 2 have none):
+taken as 2x its forward (the usual estimate; frozen parts have none):
 
 - LSTM: ``8 * h * (in + h)`` per step per direction (4 gates, input and recurrent matmuls);
 - Linear: ``2 * in * out`` per application;
 - Conv3d: ``2 * c_in * c_out * prod(kernel)`` per output voxel (stride 1, 'same' size).
 
-Elementwise work (gates, sigmoids, losses) is ignored, so GFLOP/s is a lower bound of the
-arithmetic actually done. Timings are medians over ``--repeats`` steps after one warm-up.
+Elementwise work (gates, sigmoids, losses, padding) is ignored, so GFLOP/s is a lower bound
+of the arithmetic actually done. ``peak`` is the machine's fp32 matmul rate measured in the
+same run (a 2048^3 ``torch.mm``, median); ``% peak`` = achieved / that. Timings are medians
+over ``--repeats`` steps after one warm-up, the contenders of a preset interleaved.
 """
 
 from __future__ import annotations
@@ -37,17 +43,17 @@ from ms2dist.models import (  # noqa: E402
     MidiSandwich2,
     ModelConfig,
     n_params,
-    stage1_loss,
     stage2_loss,
 )
+from ms2dist.models.losses import stage1_losses  # noqa: E402
 
 
 def lstm_flops(steps: int, inp: int, h: int, dirs: int = 1) -> float:
     return 8.0 * h * (inp + h) * steps * dirs
 
 
-def bvae_flops(cfg: ModelConfig) -> tuple[float, float]:
-    """(encoder, decoder + refiner) forward FLOPs of one BVAE on one phrase's track."""
+def bvae_flops(cfg: ModelConfig) -> tuple[float, float, float]:
+    """(encoder, VRAE decoder, refiner) forward FLOPs of one BVAE on one phrase's track."""
     b = cfg.bvae
     steps = cfg.n_bars * cfg.steps_per_bar  # the same total with bar-level sequences
     segs = cfg.n_bars if b.bar_level else 1
@@ -62,7 +68,7 @@ def bvae_flops(cfg: ModelConfig) -> tuple[float, float]:
     vox = steps * cfg.n_pitches
     k, c = math.prod(b.refine.kernel), b.refine.channels
     ref = 2 * k * vox * (c + 2 * b.refine.n_units * c * c + c)
-    return enc, dec + ref
+    return enc, dec, ref
 
 
 def mfg_flops(cfg: ModelConfig) -> float:
@@ -87,52 +93,76 @@ def mfg_flops(cfg: ModelConfig) -> float:
 
 
 def step_flops(cfg: ModelConfig, workload: str) -> float:
-    enc, dec = bvae_flops(cfg)
+    """FLOPs of one phrase's training step (forward + backward) in ``workload``."""
+    enc, dec, ref = bvae_flops(cfg)
     t = cfg.n_tracks
-    if workload == "stage1":
+    if workload == "vrae":
         return 3 * t * (enc + dec)
+    if workload.startswith("refine"):  # frozen VRAE forward, refine forward + backward
+        return t * (enc + dec + 3 * ref)
     return t * enc + 3 * mfg_flops(cfg)
 
 
-def bench(preset: str, workload: str, batch: int, repeats: int) -> dict[str, float]:
+def matmul_peak(repeats: int = 5, n: int = 2048) -> float:
+    """fp32 GFLOP/s of a large ``torch.mm`` on this machine, now (median)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def make_step(model: MidiSandwich2, x: torch.Tensor, workload: str):
+    tracks = list(range(model.cfg.n_tracks))
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        if workload == "stage2":
+            loss = stage2_loss(model, x, kl_weight=1.0, free_bits=0.0)[0]
+        else:
+            phase = "vrae" if workload == "vrae" else "refine"
+            losses, _ = stage1_losses(model, x, tracks, phase=phase,
+                                      grouped=workload == "refine")
+            loss = torch.stack(losses).sum()
+        loss.backward()
+
+    return step
+
+
+def bench(preset: str, workloads: list[str], batch: int, repeats: int
+          ) -> dict[str, dict[str, float]]:
     torch.manual_seed(0)
     cfg = get_preset(preset)
     model = MidiSandwich2(cfg)
     x = torch.rand(batch, cfg.n_bars, cfg.steps_per_bar, cfg.n_pitches, cfg.n_tracks) < 0.02
     x = x.float()
-
-    def step() -> None:
-        model.zero_grad(set_to_none=True)
-        if workload == "stage1":
-            loss = sum(
-                stage1_loss(model, x, t, phase="joint", kl_weight=1.0, free_bits=0.0)[0]
-                for t in range(cfg.n_tracks)
-            )
-        else:
-            loss = stage2_loss(model, x, kl_weight=1.0, free_bits=0.0)[0]
-        loss.backward()
-
-    step()  # warm-up (allocator, oneDNN primitives)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    sec = statistics.median(times)
-    flops = step_flops(cfg, workload)
-    return {
-        "params": n_params(model),
-        "sec": sec,
-        "phrases_s": batch / sec,
-        "gflop_phrase": flops / 1e9,
-        "gflops": flops * batch / sec / 1e9,
-    }
+    steps = {w: make_step(model, x, w) for w in workloads}
+    for s in steps.values():
+        s()  # warm-up (allocator, oneDNN primitives)
+    times: dict[str, list[float]] = {w: [] for w in workloads}
+    for _ in range(repeats):  # interleaved, so a noisy moment hits every contender
+        for w, s in steps.items():
+            t0 = time.perf_counter()
+            s()
+            times[w].append(time.perf_counter() - t0)
+    out = {}
+    for w in workloads:
+        sec = statistics.median(times[w])
+        flops = step_flops(cfg, w)
+        out[w] = {"params": n_params(model), "sec": sec, "phrases_s": batch / sec,
+                  "gflop_phrase": flops / 1e9, "gflops": flops * batch / sec / 1e9}
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--presets", nargs="+", default=["paper", "reference-code"])
-    ap.add_argument("--workloads", nargs="+", default=["stage1", "stage2"])
+    ap.add_argument("--presets", nargs="+", default=["tiny", "paper"])
+    ap.add_argument("--workloads", nargs="+",
+                    default=["vrae", "refine-separate", "refine", "stage2"],
+                    choices=["vrae", "refine-separate", "refine", "stage2"])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
@@ -140,20 +170,29 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
+    peak = matmul_peak()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-        f"median of {args.repeats}, load avg {load:.1f} (other processes skew CPU timings)"
+        f"median of {args.repeats}, load avg {load:.1f} (other processes skew CPU timings); "
+        f"fp32 matmul peak {peak:.1f} GFLOP/s"
     )
-    hdr = f"{'preset':>15} {'workload':>8} {'params':>10} {'s/step':>8} "
-    print(hdr + f"{'phrases/s':>10} {'GFLOP/phrase':>13} {'GFLOP/s':>8}")
+    hdr = f"{'preset':>15} {'workload':>16} {'params':>10} {'s/step':>8} "
+    print(hdr + f"{'phrases/s':>10} {'GFLOP/phrase':>13} {'GFLOP/s':>8} {'% peak':>7}")
     for preset in args.presets:
-        for wl in args.workloads:
-            r = bench(preset, wl, args.batch, args.repeats)
+        rows = bench(preset, args.workloads, args.batch, args.repeats)
+        for wl, r in rows.items():
             print(
-                f"{preset:>15} {wl:>8} {r['params']:>10,} {r['sec']:>8.3f} "
-                f"{r['phrases_s']:>10.1f} {r['gflop_phrase']:>13.3f} {r['gflops']:>8.1f}",
+                f"{preset:>15} {wl:>16} {r['params']:>10,} {r['sec']:>8.3f} "
+                f"{r['phrases_s']:>10.1f} {r['gflop_phrase']:>13.3f} {r['gflops']:>8.1f} "
+                f"{100 * r['gflops'] / peak:>6.1f}%",
                 flush=True,
             )
+        if {"refine", "refine-separate"} <= rows.keys():
+            sep, grp = rows["refine-separate"]["sec"], rows["refine"]["sec"]
+            line = f"{preset:>15} refine grouped vs separate: {sep / grp:.2f}x faster"
+            if "vrae" in rows:
+                line += f"; refine / vrae step time {grp / rows['vrae']['sec']:.2f}x"
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -29,12 +29,13 @@ from torch import Tensor
 
 from ms2dist.metrics.f1 import prf_from_counts
 
+from .grouped import can_group, grouped_refine_logits
 from .mfg import MFGVAE
 from .sandwich import MidiSandwich2
 from .vrae import gaussian_kl, reparameterize
 
-__all__ = ["stage1_loss", "stage2_loss", "stage2_loss_from_latents", "mfg_loss", "note_prf",
-           "kl_term"]
+__all__ = ["stage1_loss", "stage1_losses", "stage2_loss", "stage2_loss_from_latents",
+           "mfg_loss", "note_prf", "kl_term"]
 
 
 def kl_term(mu: Tensor, logvar: Tensor, free_bits: float) -> tuple[Tensor, Tensor]:
@@ -62,36 +63,70 @@ def stage1_loss(
     free_bits: float = 0.0,
 ) -> tuple[Tensor, dict[str, float]]:
     """Stage-1 loss of ``track``'s BVAE on a phrase batch ``x`` (B, bars, T, P, tracks)."""
+    (loss,), (metrics,) = stage1_losses(model, x, [track], phase=phase, kl_weight=kl_weight,
+                                        free_bits=free_bits)
+    return loss, metrics
+
+
+def stage1_losses(
+    model: MidiSandwich2,
+    x: Tensor,
+    tracks: list[int],
+    *,
+    phase: Literal["vrae", "refine", "joint"],
+    kl_weight: float = 1.0,
+    free_bits: float = 0.0,
+    grouped: bool = True,
+) -> tuple[list[Tensor], list[dict[str, float]]]:
+    """Stage-1 loss and metrics of each of ``tracks``' BVAEs, one entry per track.
+
+    ``grouped``: the refine nets of the tracks run as one grouped convolution stack
+    (:mod:`.grouped`) when their BVAEs are distinct and alike; the losses, metrics and
+    gradients are the per-track ones to float rounding. ``False`` forces one net at a time.
+    """
     if phase not in ("vrae", "refine", "joint"):
         raise ValueError(f"phase must be 'vrae', 'refine' or 'joint', got {phase!r}")
-    bvae = model.bvae(track)
-    xt = x[..., track]
-    n_el = xt[0].numel()
-    metrics: dict[str, float] = {}
+    bvaes = [model.bvae(t) for t in tracks]
+    xts = [x[..., t] for t in tracks]
+    n_el = xts[0][0].numel()
+    losses: list[Tensor] = []
+    metrics: list[dict[str, float]] = [{} for _ in tracks]
+    logits: list[Tensor] = []
     with torch.set_grad_enabled(torch.is_grad_enabled() and phase != "refine"):
-        mu, logvar = bvae.encode(xt)
-        logits = bvae.decode_logits(reparameterize(mu, logvar))
-    loss = logits.new_zeros(())
-    if phase in ("vrae", "joint"):
-        rec = _bce_sum(logits, xt)
-        kl_cost, kl = kl_term(mu, logvar, free_bits)
-        # KL is per latent sample (bar or phrase); x S makes it per phrase like the BCE.
-        loss = loss + rec + kl_weight * kl_cost * bvae.n_segments
-        metrics.update(
-            vrae_bce=rec.item() / n_el, kl=kl.item(), kl_cost=kl_cost.item(), recon=rec.item()
-        )
-    out_logits = logits  # the output the note metrics judge: refined unless phase "vrae"
+        posts = [b.encode(xt) for b, xt in zip(bvaes, xts, strict=True)]
+        logits = [b.decode_logits(reparameterize(mu, lv))
+                  for b, (mu, lv) in zip(bvaes, posts, strict=True)]
+    for i, (b, xt, (mu, logvar)) in enumerate(zip(bvaes, xts, posts, strict=True)):
+        loss = logits[i].new_zeros(())
+        if phase in ("vrae", "joint"):
+            rec = _bce_sum(logits[i], xt)
+            kl_cost, kl = kl_term(mu, logvar, free_bits)
+            # KL is per latent sample (bar or phrase); x S makes it per phrase like the BCE.
+            loss = loss + rec + kl_weight * kl_cost * b.n_segments
+            metrics[i].update(vrae_bce=rec.item() / n_el, kl=kl.item(), kl_cost=kl_cost.item(),
+                              recon=rec.item())
+        losses.append(loss)
+    outs = logits  # the outputs the note metrics judge: refined unless phase "vrae"
     if phase in ("refine", "joint"):
-        probs = torch.sigmoid(logits)
-        out_logits = bvae.refine_logits(probs.detach() if phase == "refine" else probs)
-        ref = _bce_sum(out_logits, xt)
-        loss = loss + ref
-        metrics["refine_bce"] = ref.item() / n_el
+        probs = [torch.sigmoid(lg) for lg in logits]
+        if phase == "refine":
+            probs = [p.detach() for p in probs]
+        nets = [b.refine for b in bvaes]
+        if grouped and can_group(nets):
+            out = grouped_refine_logits(nets, torch.stack(probs, -1))
+            outs = [out[..., i] for i in range(len(tracks))]
+        else:
+            outs = [b.refine_logits(p) for b, p in zip(bvaes, probs, strict=True)]
+        for i, xt in enumerate(xts):
+            ref = _bce_sum(outs[i], xt)
+            losses[i] = losses[i] + ref
+            metrics[i]["refine_bce"] = ref.item() / n_el
     with torch.no_grad():
-        p, r, f = note_prf(torch.sigmoid(out_logits).unsqueeze(-1), xt.unsqueeze(-1))
-        metrics.update(precision=p.item(), recall=r.item(), f1=f.item())
-    metrics["loss"] = loss.item()
-    return loss, metrics
+        for i, xt in enumerate(xts):
+            p, r, f = note_prf(torch.sigmoid(outs[i]).unsqueeze(-1), xt.unsqueeze(-1))
+            metrics[i].update(precision=p.item(), recall=r.item(), f1=f.item(),
+                              loss=losses[i].item())
+    return losses, metrics
 
 
 def stage2_loss_from_latents(

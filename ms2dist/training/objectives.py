@@ -11,27 +11,26 @@ import torch
 from torch import nn
 
 from ms2dist import TRACKS
-from ms2dist.models.losses import mfg_loss, stage1_loss
+from ms2dist.models.losses import mfg_loss, stage1_losses
 
 __all__ = ["Stage1Objective", "Stage2Objective", "stage1_param_groups", "bvae_posteriors"]
 
 
 class Stage1Objective(nn.Module):
-    def __init__(self, model: nn.Module, tracks: list[int]) -> None:
+    def __init__(self, model: nn.Module, tracks: list[int], grouped: bool = True) -> None:
         super().__init__()
         self.model = model
         self.tracks = tracks
+        self.grouped = grouped  # refine nets as one grouped conv stack (models/grouped.py)
 
     def forward(self, x: torch.Tensor, phase: str, kl_weight: float,
                 free_bits: float) -> tuple[torch.Tensor, dict[str, float]]:
-        total = x.new_zeros(())
-        logs: dict[str, float] = {}
-        for t in self.tracks:
-            loss, m = stage1_loss(self.model, x, t, phase=phase, kl_weight=kl_weight,
-                                  free_bits=free_bits)
-            total = total + loss
-            logs.update({f"{k}/{TRACKS[t]}": v for k, v in m.items()})
-        return total, logs
+        losses, metrics = stage1_losses(self.model, x, self.tracks, phase=phase,
+                                        kl_weight=kl_weight, free_bits=free_bits,
+                                        grouped=self.grouped)
+        logs = {f"{k}/{TRACKS[t]}": v
+                for t, m in zip(self.tracks, metrics, strict=True) for k, v in m.items()}
+        return torch.stack(losses).sum(), logs
 
 
 class Stage2Objective(nn.Module):

@@ -111,7 +111,7 @@ class Stage1(Stage):
             p.requires_grad_(True)
         groups = [{"params": vrae_p, "lr": cfg.optim.lr, "name": "vrae"},
                   {"params": refine_p, "lr": cfg.optim.refine_lr, "name": "refine"}]
-        return Stage1Objective(model, track_ids), groups
+        return Stage1Objective(model, track_ids, cfg.train.grouped_refine), groups
 
     def total_steps(self, cfg: RunConfig) -> int:
         t = cfg.train

@@ -1,0 +1,62 @@
+"""The refine nets of several tracks as one grouped convolution stack.
+
+Each track's :class:`~ms2dist.models.bvae.RefineNet` is a handful of Conv3d layers with a few
+channels (4-8). Run one after another, five tracks make five small convolutions per layer,
+each too thin to keep the cores (or a GPU) busy. Here the tracks' feature maps sit side by
+side on the channel axis and every layer is *one* ``conv3d(groups=n_tracks)``: group ``k``
+sees only track ``k``'s channels, with track ``k``'s own weights, so the result is the
+per-track computation exactly (to float rounding), and so are the gradients.
+
+The grouped weights are concatenated from the tracks' own parameters at every call
+(a few KB; differentiable), so each track keeps its parameters, optimiser state and saved
+tensors: nothing about the model's format changes. Activations are kept in
+``channels_last_3d``, which is what makes the grouped kernel fast on CPU (bench/README.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .bvae import RefineNet
+
+__all__ = ["can_group", "grouped_refine_logits"]
+
+
+def can_group(nets: Sequence[RefineNet]) -> bool:
+    """Whether ``nets`` are distinct modules of one architecture (what grouping needs)."""
+    if len(nets) < 2 or len({id(n) for n in nets}) != len(nets):
+        return False
+    shapes = {tuple(tuple(p.shape) for p in n.parameters()) for n in nets}
+    return len(shapes) == 1 and len({n.skip for n in nets}) == 1
+
+
+def _grouped_conv(h: Tensor, convs: Sequence[nn.Sequential]) -> Tensor:
+    """One padded Conv3d layer of every track, applied to their stacked channels."""
+    pad, conv0 = convs[0][0].padding, convs[0][1]
+    weight = torch.cat([c[1].weight for c in convs])
+    bias = torch.cat([c[1].bias for c in convs]) if conv0.bias is not None else None
+    return F.conv3d(F.pad(h, pad), weight, bias, groups=len(convs))
+
+
+def grouped_refine_logits(nets: Sequence[RefineNet], probs: Tensor) -> Tensor:
+    """VRAE probabilities ``(B, bars, T, P, K)`` -> refined logits of the same shape.
+
+    ``nets[k]`` refines track ``k`` of the last axis; equal to
+    ``torch.stack([nets[k](probs[..., k]) for k in range(K)], -1)`` (tests/test_grouped.py).
+    """
+    k = len(nets)
+    if probs.shape[-1] != k:
+        raise ValueError(f"probs has {probs.shape[-1]} tracks on its last axis, nets {k}")
+    # (B, bars, T, P, K) -> (B, K, bars, T, P) channels-last: the same memory, no copy.
+    h0 = probs.permute(0, 4, 1, 2, 3).contiguous(memory_format=torch.channels_last_3d)
+    h = _grouped_conv(h0, [n.stem for n in nets])
+    for i in range(len(nets[0].units)):
+        units = [n.units[i] for n in nets]
+        r = _grouped_conv(torch.relu(h), [u.conv1 for u in units])
+        h = h + _grouped_conv(torch.relu(r), [u.conv2 for u in units])
+    out = _grouped_conv(torch.relu(h), [n.head for n in nets]).permute(0, 2, 3, 4, 1)
+    return out + torch.logit(probs, eps=1e-6) if nets[0].skip else out
