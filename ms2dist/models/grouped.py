@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from .bvae import RefineNet
 
-__all__ = ["can_group", "grouped_refine_logits"]
+__all__ = ["can_group", "grouped_refine_logits", "refine_tracks"]
 
 
 def can_group(nets: Sequence[RefineNet]) -> bool:
@@ -60,3 +60,13 @@ def grouped_refine_logits(nets: Sequence[RefineNet], probs: Tensor) -> Tensor:
         h = h + _grouped_conv(torch.relu(r), [u.conv2 for u in units])
     out = _grouped_conv(torch.relu(h), [n.head for n in nets]).permute(0, 2, 3, 4, 1)
     return out + torch.logit(probs, eps=1e-6) if nets[0].skip else out
+
+
+def refine_tracks(nets: Sequence[RefineNet], probs: Tensor, grouped: bool = True) -> Tensor:
+    """Refined logits ``(B, bars, T, P, K)``: grouped when :func:`can_group`, else net by net.
+
+    Net by net is the shared-BVAE ablation (one module for every track) and ``grouped=False``.
+    """
+    if grouped and can_group(nets):
+        return grouped_refine_logits(nets, probs)
+    return torch.stack([n(probs[..., k]) for k, n in enumerate(nets)], -1)

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ms2dist.metrics.f1 import prf_from_counts
 
-from .grouped import can_group, grouped_refine_logits
+from .grouped import refine_tracks
 from .mfg import MFGVAE
 from .sandwich import MidiSandwich2
 from .vrae import gaussian_kl, reparameterize
@@ -111,12 +111,8 @@ def stage1_losses(
         probs = [torch.sigmoid(lg) for lg in logits]
         if phase == "refine":
             probs = [p.detach() for p in probs]
-        nets = [b.refine for b in bvaes]
-        if grouped and can_group(nets):
-            out = grouped_refine_logits(nets, torch.stack(probs, -1))
-            outs = [out[..., i] for i in range(len(tracks))]
-        else:
-            outs = [b.refine_logits(p) for b, p in zip(bvaes, probs, strict=True)]
+        out = refine_tracks([b.refine for b in bvaes], torch.stack(probs, -1), grouped)
+        outs = [out[..., i] for i in range(len(tracks))]
         for i, xt in enumerate(xts):
             ref = _bce_sum(outs[i], xt)
             losses[i] = losses[i] + ref

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from .bvae import BVAE
 from .config import ModelConfig
-from .grouped import can_group, grouped_refine_logits
+from .grouped import refine_tracks
 from .mfg import MFGVAE
 from .vrae import reparameterize
 
@@ -102,12 +102,11 @@ class MidiSandwich2(nn.Module):
         """BVAE latents (B*S, tracks, L) -> probabilities (B, bars, T, P, tracks)."""
         zs = z.view(-1, self.n_segments, *z.shape[1:])
         bvaes = [self.bvae(t) for t in range(self.cfg.n_tracks)]
-        nets = [b.refine for b in bvaes]
-        if not (refine and can_group(nets)):
-            return torch.stack([b.decode(zs[:, :, t], refine) for t, b in enumerate(bvaes)], -1)
         probs = torch.stack([torch.sigmoid(b.decode_logits(zs[:, :, t]))
                              for t, b in enumerate(bvaes)], -1)
-        return torch.sigmoid(grouped_refine_logits(nets, probs))  # one grouped conv stack
+        if not refine:
+            return probs
+        return torch.sigmoid(refine_tracks([b.refine for b in bvaes], probs))
 
     # ------------------------------------------------------------- MFG level
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
