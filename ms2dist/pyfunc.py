@@ -5,8 +5,11 @@ artifact store is ever executed.
 ``predict`` takes requests in the format of ``docs/serving.md``
 (:mod:`ms2dist.inference.requests`): one row or dict per request, ``params`` for what a
 row leaves out, e.g. ``{"mode": "generate", "n": 2, "seed": 0}`` or
-``{"mode": "restore", "phrases": array (N, 4, 48, 84, 5)}``. It answers, per sample,
-with ``output``:
+``{"mode": "restore", "phrases": array (N, 4, 48, 84, 5)}``; the modes ``song``
+(``bars``, ``form``, ``link``), ``infill`` (``phrases``, ``bars``, ``tracks``) and ``vary``
+(``phrases``, ``amount``), and ``attributes`` (``"Drums.density=1.5"``), are those of
+``ms2dist sample`` (:mod:`ms2dist.inference.modes`). It answers, per sample, with
+``output``:
 
 - ``"notes"`` (default): a dict with the notes of each track as
   ``[start_step, midi_pitch, duration_steps]`` and the grid to play them, the notes
@@ -28,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ms2dist.inference import modes
+from ms2dist.inference.attributes import shift_vector
 from ms2dist.inference.calibration import CalibrationError, rule_for_model
 from ms2dist.inference.modelio import layout_of, load_model
 from ms2dist.inference.requests import (
@@ -107,6 +112,7 @@ class MidiSandwich2Pyfunc:
         self.model = model
         self.meta = getattr(model, "ms2dist_meta", {})
         self.layout = layout_of(model)
+        self.attributes = getattr(model, "ms2dist_attributes", None)
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> Any:
         """Answer every request of ``model_input``; see the module docstring."""
@@ -119,7 +125,8 @@ class MidiSandwich2Pyfunc:
             raise _bad_request(f"params: unknown key(s) {dropped.strip('[]')}; "
                                f"known params: {known}")
         try:
-            requests = parse_requests(model_input, params, self.layout)
+            requests = parse_requests(model_input, params, self.layout,
+                                      None if self.attributes is None else list(self.attributes))
             answers = [self._answer(r, i) for i, r in enumerate(requests)]
         except (RequestError, CalibrationError) as e:
             raise _bad_request(str(e)) from None
@@ -130,18 +137,44 @@ class MidiSandwich2Pyfunc:
                                "one call; send them separately")
         return [sample for a in answers for sample in a]
 
+    def _probabilities(self, r: Request) -> torch.Tensor:
+        """The request's note probabilities ``(N, bars, T, P, tracks)``."""
+        m = self.model
+        shift = shift_vector(self.attributes or {}, r.attributes or {})
+        x = None if r.phrases is None else torch.as_tensor(r.phrases, device=m.device)
+        link = modes.LINK if r.link is None else r.link
+        if r.mode == "generate" and shift is None:
+            return m.generate(r.n, temperature=r.temperature, seed=r.seed)
+        if r.mode == "generate":  # model.generate's draws, moved along the attributes
+            g = torch.Generator(device=m.device).manual_seed(r.seed)
+            z = m.mfg.sample_prior(r.n * m.n_segments, r.temperature, g)
+            return m.decode(z + shift.to(z), generator=g)
+        if r.mode == "restore" and shift is None:
+            return m.restore(x, sample=False)
+        if r.mode == "restore":
+            mu, _ = m.encode(x)
+            return m.decode(mu + shift.to(mu), sample_bvae=False)
+        if r.mode == "song":
+            return modes.song(m, modes.sample_seeds(r.seed, 0, r.n),
+                              r.song_bars // m.cfg.n_bars, form=r.form, link=link,
+                              temperature=r.temperature, shift=shift)
+        seeds = modes.sample_seeds(r.seed, 0, len(x))
+        if r.mode == "infill":
+            return modes.infill(m, x, r.infill_bars, r.tracks, seeds, link=link)
+        return modes.vary(m, x, r.amount, seeds, shift=shift)
+
     def _answer(self, r: Request, index: int) -> np.ndarray | list[dict[str, Any]]:
         with torch.no_grad():
-            if r.mode == "generate":
-                probs = self.model.generate(r.n, temperature=r.temperature, seed=r.seed)
-            else:
-                probs = self.model.restore(torch.as_tensor(r.phrases), sample=False)
-        probs = probs.cpu().to(torch.float32)
+            probs = self._probabilities(r).cpu().to(torch.float32)
         if r.output == "probabilities":
             return _for_json(probs.numpy()) if _serving() else probs.numpy()
         rule = rule_for_model(self.meta, r.binarize, r.threshold)
         g = torch.Generator().manual_seed(r.seed)
         binary = rule.apply(probs, generator=g).numpy().astype(bool)
+        if r.mode == "infill":  # every cell not infilled comes back as sent
+            keep = np.ones(binary.shape[1:], dtype=bool)
+            keep[np.asarray(r.infill_bars)[:, None], :, :, np.asarray(r.tracks)[None, :]] = False
+            binary = np.where(keep, r.phrases > 0.5, binary)
         encode = notes_answer if r.output == "notes" else midi_answer
         return [encode(b, self.layout, request=index, sample=j) for j, b in enumerate(binary)]
 

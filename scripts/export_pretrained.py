@@ -21,6 +21,7 @@ sys.path.insert(0, str(REPO))
 
 from ms2dist import TRACKS  # noqa: E402
 from ms2dist.inference.modelio import (  # noqa: E402
+    ATTRIBUTES_FILE,
     CONFIG_FILE,
     WEIGHTS_FILE,
     read_model_config,
@@ -105,9 +106,12 @@ def main() -> int:
     dest = REPO / "ms2dist" / "pretrained" / args.name
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy2(args.model / WEIGHTS_FILE, dest / WEIGHTS_FILE)
+    if (args.model / ATTRIBUTES_FILE).is_file():  # the attribute vectors stage 2 fitted
+        shutil.copy2(args.model / ATTRIBUTES_FILE, dest / ATTRIBUTES_FILE)
     payload = json.loads((args.model / CONFIG_FILE).read_text())
     (dest / CONFIG_FILE).write_text(json.dumps(_relative(payload), indent=1, sort_keys=True))
-    size = sum((dest / f).stat().st_size for f in (CONFIG_FILE, WEIGHTS_FILE))
+    size = sum((dest / f).stat().st_size for f in (CONFIG_FILE, WEIGHTS_FILE, ATTRIBUTES_FILE)
+               if (dest / f).is_file())
     if size > MAX_BYTES:
         raise SystemExit(f"{dest} is {size / 2**20:.1f} MB, over the 20 MB limit")
 

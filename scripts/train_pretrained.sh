@@ -38,3 +38,6 @@ timed() { local name=$1 t0; shift; t0=$(date +%s); "$@"; echo "$name $(( $(date 
   --data "$WORK/shards" --test-songs ../shared/data/lpd5_test_small \
   --command "bash scripts/train_pretrained.sh" --preset "$PRESET" --mfg-kl "$MFG_KL" \
   --timings "$WORK/timings.txt"
+# The attribute vectors (`sample --attribute`), refitted on 4,000 training phrases (stage 2
+# fits them on 2,000 when it exports; the export above copies those).
+ms attributes --model "ms2dist/pretrained/$NAME" --data "$WORK/shards/train" --max-phrases 4000

@@ -88,9 +88,9 @@ def test_batches_give_the_files_of_one_batch(tmp_path):
 def test_later_noise_blocks_do_not_depend_on_the_batch_size(tmp_path, monkeypatch):
     """Past the first noise block too: blocks of 4, n=10, batches of 3 (crossing every block
     boundary) vs one batch; block 0 is ``model.generate(4)``, block 1 differs from it."""
-    from ms2dist.commands import sample
+    from ms2dist.commands import sample_plans
 
-    monkeypatch.setattr(sample, "NOISE_BLOCK", 4)
+    monkeypatch.setattr(sample_plans, "NOISE_BLOCK", 4)
     for name, bs in (("small", 3), ("one", 64)):
         assert _sample(tmp_path / name, "--mode", "generate", "--n", 10, "--seed", 2,
                        "--batch-size", bs, "--no-png", "--threshold", "0.2") == 0

@@ -8,6 +8,7 @@ The rows and columns are described in :mod:`ms2dist.inference.evaluation`.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ms2dist.dataset.load import split_phrases
+from ms2dist.dataset.load import song_folder, split_phrases
 from ms2dist.inference.calibration import CalibrationError, rule_for_model
 from ms2dist.inference.evaluation import closer_count, evaluate_model, prior_checks, table_rows
+from ms2dist.inference.mode_checks import flat_rows, run_checks
+from ms2dist.inference.mode_checks import markdown as mode_markdown
 from ms2dist.inference.modelio import load_model
 from ms2dist.inference.tables import slug, write_tables
 from ms2dist.music.audio import AUDIO_FORMATS, AudioUnavailable, RenderError, require
@@ -34,6 +37,8 @@ EPILOG = """examples:
       --audio flac --no-mlflow --out eval/
   ms2dist evaluate --model runs/s2/model --data shards/lpd5/test --out eval/ \\
       --extra-model shared-BVAE=runs/shared/model --threshold 0.3
+  ms2dist evaluate --model pretrained:lpd5 --data ../shared/data/lpd5_test_small --modes \\
+      --no-mlflow --out eval/   # + songs, infill, attributes and variations (modes.md)
 """
 
 
@@ -62,6 +67,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio", choices=AUDIO_FORMATS, default=None,
                    help="also render each row's sample to audio with FluidSynth (needs the "
                    "Debian packages fluidsynth fluid-soundfont-gm, or $MS2DIST_SOUNDFONT)")
+    p.add_argument("--modes", action="store_true",
+                   help="also measure the generation modes (song, infill, attributes, vary; "
+                   "ms2dist.inference.mode_checks) -> modes.md / modes.json")
+    p.add_argument("--songs", type=Path, default=None,
+                   help="--modes: a folder of real songs (.npz / .mid) whose consecutive "
+                   "phrases the songs are compared with (default: --data, when it is a "
+                   "folder of songs)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device to evaluate on")
 
@@ -88,11 +100,27 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
         if name in extras or name in ("Dataset", "MSG1", "MSG2", "MSR", "no-fusion"):
             return _fail(f"--extra-model {item!r}: the row name {name!r} is already used")
         extras[name] = uri
+    if args.songs is not None and not args.modes:
+        return _fail("--songs goes with --modes")
     torch.manual_seed(args.seed)
     try:
         data = split_phrases(args.data, args.max_phrases)
     except (FileNotFoundError, ValueError) as e:
         return _fail(f"--data {args.data}: {e}")
+    real_songs = None
+    if args.modes:
+        songs_dir = args.songs
+        if songs_dir is None and not (args.data / "manifest.json").is_file():
+            songs_dir = args.data
+        if songs_dir is None:
+            print("ms2dist evaluate: note: --data is a packed split (no song order), so the "
+                  "song check is left out; give --songs DIR (real songs) to run it",
+                  file=sys.stderr)
+        else:
+            try:
+                real_songs = song_folder(songs_dir)
+            except (FileNotFoundError, ValueError) as e:
+                return _fail(f"--songs {songs_dir}: {e}")
     outputs: dict[str, np.ndarray] = {}
     rules: dict[str, str] = {}
     short: dict[str, str] = {}
@@ -133,9 +161,22 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     write_page(args.out, page, {**settings, **audio_settings(args.audio)},
                f"ms2dist evaluate: {args.model} on {args.data}")
     print(md.read_text())
+    mode_files: list[Path] = []
+    if args.modes:
+        model = load_model(args.model, device=args.device)
+        rule = rule_for_model(model.ms2dist_meta, args.binarize, args.threshold)
+        with torch.no_grad():
+            result = run_checks(model, lambda p: rule.apply(p).cpu().numpy(), data,
+                                real_songs, seed=args.seed, batch_size=args.batch_size)
+        text = mode_markdown(result, f"Generation modes: {args.model} on {args.data}")
+        mode_files = [args.out / "modes.md", args.out / "modes.json"]
+        mode_files[0].write_text(text + "\n")
+        mode_files[1].write_text(json.dumps(result, indent=1, default=float) + "\n")
+        print(text)
+        table = {**table, **{f"mode {k}": v for k, v in flat_rows(result).items()}}
     if not args.no_mlflow:
         try:
-            _log_mlflow(args, md, figs, table, meta)
+            _log_mlflow(args, md, figs, table, meta, mode_files)
         except TrackingUnavailable as e:
             return _fail(f"{e} (the table is written to {md}; --no-mlflow skips logging)")
     print(f"Table I written to {md} and {args.out / 'table_i.csv'}")
@@ -143,9 +184,10 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _log_mlflow(args: argparse.Namespace, md: Path, figs: Path,
-                table: dict[str, dict[str, float]], meta: dict[str, Any]) -> None:
+                table: dict[str, dict[str, float]], meta: dict[str, Any],
+                extra_files: list[Path]) -> None:
     # Into the evaluated model's own pipeline when the store holds it (else the
     # ms2dist-evaluate experiment); artifacts beside the store, never under the cwd.
     log_table_run(args.tracking_uri, str(args.model), str(args.data), table, meta,
-                  files=[md.with_suffix(s) for s in (".md", ".csv", ".json")],
+                  files=[md.with_suffix(s) for s in (".md", ".csv", ".json")] + extra_files,
                   folders={"figures": figs})

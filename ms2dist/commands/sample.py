@@ -1,63 +1,74 @@
-"""``ms2dist sample``: generate, restore, interpolate or complete phrases; writes MIDI,
-``.npz``, PNG (``--audio``: FLAC or WAV) per sample and ``<out>/index.html`` to listen.
+"""``ms2dist sample``: phrases, songs, infilled bars and variations from a model; writes
+MIDI, ``.npz``, PNG (``--audio``: FLAC or WAV) per sample and ``<out>/index.html``.
+
+Modes: ``generate`` (the prior), ``restore`` and ``complete`` (``--input`` phrases, the
+latter keeping ``--keep`` tracks), ``interpolate``, ``no-fusion`` (BVAE priors), and, on
+the MFG latent (:mod:`ms2dist.inference.modes`): ``song`` (``--bars`` long, phrases linked,
+optional ``--form``), ``infill`` (regenerate ``--bars`` of ``--tracks`` in each input
+phrase) and ``vary`` (``--amount`` from the input). ``--attribute TRACK.ATTR=SCALE`` moves
+generate, restore, song and vary along the model's attribute vectors.
 
 Samples are computed, binarised and written ``--batch-size`` at a time (memory flat in
 ``--n``; an interrupted run keeps its finished batches, with indexes, summary and page for
-them: ``music.files.SampleFiles``). The latent noise is drawn per block of :data:`NOISE_BLOCK`
-samples, each block exactly as the model's own method (``generate``, ``restore``, ...)
-draws it for that many phrases from the block's seed (the first block: ``--seed``), so the
-files do not depend on ``--batch-size``, and for ``--n`` up to ``NOISE_BLOCK`` they are
-those of one call of the model's method (the single-batch output of earlier versions).
+them: ``music.files.SampleFiles``). What each mode computes, and how its noise is drawn so
+that the files do not depend on ``--batch-size``, is in ``ms2dist.commands.sample_plans``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from ms2dist import TRACKS
+from ms2dist.commands.sample_plans import Plan, infill_cells, plan_for, song_phrases
+from ms2dist.inference.attributes import parse_attribute, shift_vector
 from ms2dist.inference.calibration import CalibrationError, rule_for_model
 from ms2dist.inference.modelio import layout_of, load_model
+from ms2dist.inference.modes import parse_form
 from ms2dist.layout import parse_tracks
-from ms2dist.models.sandwich import binarize, slerp
 from ms2dist.music.audio import AUDIO_FORMATS, AudioUnavailable, RenderError, require
 from ms2dist.music.files import DEFAULT_BPM, SampleFiles, notes_line
 from ms2dist.music.page import sample_settings
 from ms2dist.songs.files import FORMATS, file_phrases
 
-__all__ = ["EPILOG", "add_arguments", "main", "NOISE_BLOCK"]
+__all__ = ["EPILOG", "add_arguments", "main", "MODES", "INPUT_MODES"]
 
 EPILOG = """examples:
   ms2dist sample --model pretrained:lpd5 --n 4 --audio flac --out samples/
   ms2dist sample --model runs/s2 --mode restore --input song.npz --n 2 --out restored/
   ms2dist sample --model models:/midi-sandwich2@champion --mode complete --input song.mid \\
       --keep Piano,Bass --out completed/
+  ms2dist sample --model pretrained:lpd5 --mode song --bars 32 --form AABA --n 2 --out songs/
+  ms2dist sample --model pretrained:lpd5 --mode infill --input song.npz --bars 3-4 \\
+      --tracks Piano,Bass --n 4 --out infilled/
+  ms2dist sample --model pretrained:lpd5 --mode generate --attribute Drums.density=+1.5 \\
+      --attribute Piano.polyphony=-1 --n 4 --out busy-drums/
+  ms2dist sample --model pretrained:lpd5 --mode vary --input song.mid --amount 0.3 --n 4 \\
+      --out variations/
 """
 
-# Samples per block of latent noise (see the module docstring): small enough that a
-# block's noise is a few MB, large enough that most runs are one block.
-NOISE_BLOCK = 1024
-COMPLETE_ITERS = 5  # MidiSandwich2.complete's default n_iter (with init="prior", sample=True)
+MODES = ("generate", "restore", "interpolate", "complete", "no-fusion", "song", "infill",
+         "vary")
+INPUT_MODES = ("restore", "interpolate", "complete", "infill", "vary")
+ATTRIBUTE_MODES = ("generate", "restore", "song", "vary")
+
 EXIT_INTERRUPTED = 130
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
                    help="model dir, training output dir, or MLflow URI (models:/name@alias)")
-    p.add_argument("--mode", choices=["generate", "restore", "interpolate", "complete",
-                                      "no-fusion"], default="generate",
+    p.add_argument("--mode", choices=MODES, default="generate",
                    help="generate from the prior, restore or complete --input phrases, "
-                   "interpolate between two, or no-fusion (BVAE priors, stage-1 models)")
-    p.add_argument("--n", type=int, default=4, help="samples (generate), phrases (restore, "
-                   "complete) or interpolation steps")
+                   "interpolate between two, no-fusion (BVAE priors, stage-1 models), song "
+                   "(--bars long), infill (--bars of --input phrases), vary (--amount)")
+    p.add_argument("--n", type=int, default=4, help="samples (generate), songs (song), "
+                   "phrases (restore, complete, infill, vary) or interpolation steps")
     p.add_argument("--batch-size", type=int, default=64,
                    help="samples computed and written at a time (memory, not results)")
     p.add_argument("--seed", type=int, default=0,
@@ -71,6 +82,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=1.0,
                    help="scale of the prior noise (generate, no-fusion): lower is tamer")
     p.add_argument("--keep", default="Piano", help="complete: comma-separated tracks to keep")
+    p.add_argument("--bars", default=None,
+                   help="song: its length in bars, a multiple of the phrase (default 8 "
+                   "phrases); infill: the bars of each phrase to regenerate, e.g. 3-4 or 1,3")
+    p.add_argument("--form", default=None,
+                   help="song: its sections, one letter each (AABA: the A sections repeat); "
+                   "the phrases must divide into them")
+    p.add_argument("--link", type=float, default=None,
+                   help="song, infill: correlation of neighbouring bars' latents in [0, 1) "
+                   "(default 0.98; 0: independent phrases)")
+    p.add_argument("--tracks", default=None,
+                   help="infill: comma-separated tracks to regenerate (default: all)")
+    p.add_argument("--amount", type=float, default=None,
+                   help="vary: distance from the input in 0..1 (0: the restore, 1: unrelated)")
+    p.add_argument("--attribute", action="append", default=[], metavar="TRACK.ATTR=SCALE",
+                   help="generate, restore, song, vary: move along an attribute vector, e.g. "
+                   "Drums.density=+1.5 (repeat for several; the model's are listed by "
+                   "`ms2dist sample --model M --list-attributes`)")
+    p.add_argument("--list-attributes", action="store_true",
+                   help="print the model's attribute vectors and exit")
     p.add_argument("--binarize", choices=["calibrated", "threshold", "bernoulli"], default=None,
                    help="which notes are played: the model's per-track thresholds fitted on "
                    "held-out data (when it has them, else threshold 0.5), one --threshold, "
@@ -98,7 +128,7 @@ def _argument_error(args: argparse.Namespace) -> str | None:
         return f"--n must be at least 1, got {args.n}"
     if args.batch_size < 1:
         return f"--batch-size must be at least 1, got {args.batch_size}"
-    needs_input = args.mode in ("restore", "interpolate", "complete")
+    needs_input = args.mode in INPUT_MODES
     if needs_input and not args.input:
         return f"--mode {args.mode} needs --input SONG [SONG ...] (.npz LPD or .mid)"
     if not needs_input and args.input:
@@ -108,6 +138,22 @@ def _argument_error(args: argparse.Namespace) -> str | None:
             parse_tracks(args.keep, "--keep")
         except ValueError as e:
             return str(e)
+    for flag, value, used_by in (("--bars", args.bars, ("song", "infill")),
+                                 ("--form", args.form, ("song",)),
+                                 ("--link", args.link, ("song", "infill")),
+                                 ("--tracks", args.tracks, ("infill",)),
+                                 ("--amount", args.amount, ("vary",)),
+                                 ("--attribute", args.attribute, ATTRIBUTE_MODES)):
+        if value not in (None, []) and args.mode not in used_by:
+            return f"{flag} applies to --mode {' or '.join(used_by)}, not {args.mode}"
+    if args.link is not None and not 0.0 <= args.link < 1.0:
+        return f"--link must be in [0, 1), got {args.link:g}"
+    if args.mode == "vary" and args.amount is None:
+        return "--mode vary needs --amount in 0..1 (0: the restore, 1: unrelated)"
+    if args.amount is not None and not 0.0 <= args.amount <= 1.0:
+        return f"--amount must be in 0..1 (0: the restore, 1: unrelated), got {args.amount:g}"
+    if args.mode in ("song", "infill") and not args.temperature > 0:
+        return f"--temperature must be positive, got {args.temperature:g}"
     if args.tempo is not None and not args.tempo > 0:
         return f"--tempo must be positive, got {args.tempo}"
     if args.audio:  # checked before any work: a missing package must not cost a model load
@@ -122,8 +168,6 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     error = _argument_error(args)
     if error:
         return _fail(error)
-    kept = [TRACKS.index(t) for t in parse_tracks(args.keep, "--keep")] \
-        if args.mode == "complete" else None
     songs = []
     for path in args.input:
         try:
@@ -141,6 +185,17 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
         return _fail(f"{args.model} is a stage-1 model (its MFG-VAE is untrained), so --mode "
                      f"{args.mode} cannot work: use --mode no-fusion, or train stage 2 first "
                      f"(ms2dist train stage2 --stage1 {args.model} ...)")
+    available = getattr(model, "ms2dist_attributes", None)
+    if args.list_attributes:
+        return _list_attributes(args.model, available, meta)
+    try:
+        scales = dict(parse_attribute(a, available) for a in args.attribute)
+        keep, kept = _keep_mask(args, model.cfg.n_bars, model.cfg.n_tracks)
+        if args.mode == "song":
+            parse_form(args.form, song_phrases(args.bars, model.cfg.n_bars))
+    except ValueError as e:
+        return _fail(str(e))
+    shift = shift_vector(available or {}, scales)
     try:
         rule = rule_for_model(meta, args.binarize, args.threshold, label=str(args.model))
     except CalibrationError as e:
@@ -151,8 +206,8 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     refine = not args.no_refine
     bpm = args.tempo or (songs[0][1] if songs else DEFAULT_BPM)
     with torch.no_grad():
-        plan = _plan(model, args, songs, kept, refine)
-    run = _Run(args, rule, refine, bpm, layout_of(model), kept, with_inputs=plan.x is not None)
+        plan = plan_for(model, args, songs, kept, refine, shift)
+    run = _Run(args, rule, refine, bpm, layout_of(model), keep, with_inputs=plan.x is not None)
     try:
         with torch.no_grad():
             _sample_all(plan, run)
@@ -171,190 +226,41 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-# --------------------------------------------------------------------- the plan
+def _keep_mask(args: argparse.Namespace, n_bars: int, n_tracks: int
+               ) -> tuple[torch.Tensor | None, list[int] | None]:
+    """The cells an input-keeping mode returns exactly as given, ``(bars, tracks)`` bool
+    (None for the other modes), and ``complete``'s kept track indexes."""
+    if args.mode == "complete":
+        kept = [TRACKS.index(t) for t in parse_tracks(args.keep, "--keep")]
+        keep = torch.zeros(n_bars, n_tracks, dtype=torch.bool)
+        keep[:, kept] = True
+        return keep, kept
+    if args.mode == "infill":
+        bars, tracks = infill_cells(args.bars, args.tracks, n_bars)
+        keep = torch.ones(n_bars, n_tracks, dtype=torch.bool)
+        keep[torch.as_tensor(bars)[:, None], torch.as_tensor(tracks)[None, :]] = False
+        return keep, None
+    return None, None
 
 
-@dataclass
-class _Plan:
-    """What a mode computes: ``n`` samples; ``inputs(a, k)`` -> the per-sample inputs of
-    samples ``[a, a + k)`` (tensors or lists, sample-major), ``compute(cols)`` -> their note
-    probabilities; ``x``: the input phrases (modes with input, written beside)."""
-
-    n: int
-    inputs: Callable[[int, int], list[Any]]
-    compute: Callable[[list[Any]], torch.Tensor]
-    title: Callable[[int], str]
-    x: np.ndarray | None = None
-
-
-def _block_seed(seed: int, block: int) -> int:
-    """Block 0 is ``seed`` itself; later blocks get seeds no small ``--seed`` collides with
-    (``seed + offset`` would make ``--seed 1024`` replay block 1 of ``--seed 0``)."""
-    if block == 0:
-        return seed
-    return int(np.random.SeedSequence([seed % 2**64, block]).generate_state(1, np.uint64)[0])
-
-
-class _Noise:
-    """The latent noise of samples ``[a, a + k)``, drawn one block of :data:`NOISE_BLOCK`
-    samples at a time by ``draw(block_size, generator_seed)`` (sample-major tensors)."""
-
-    def __init__(self, draw: Callable[[int, int], list[torch.Tensor]], n: int, seed: int):
-        self.draw, self.n, self.seed = draw, n, seed
-        self.block, self.cols = -1, []
-
-    def rows(self, a: int, k: int) -> list[torch.Tensor]:
-        parts = []
-        while k > 0:
-            b, lo = divmod(a, NOISE_BLOCK)
-            if b != self.block:  # batches come in order: one block at a time is enough
-                self.block = b
-                self.cols = self.draw(min(NOISE_BLOCK, self.n - b * NOISE_BLOCK),
-                                      _block_seed(self.seed, b))
-            take = min(k, len(self.cols[0]) - lo)
-            parts.append([c[lo:lo + take] for c in self.cols])
-            a, k = a + take, k - take
-        return [torch.cat(cs) if len(cs) > 1 else cs[0] for cs in zip(*parts, strict=True)]
-
-
-def _sampled_decode(model: Any, z: torch.Tensor, e: torch.Tensor, refine: bool) -> torch.Tensor:
-    """``model.decode(z, sample_bvae=True)`` with the BVAE noise ``e`` given."""
-    mu, logvar = model.mfg.decode(z)
-    return model.decode_tracks(mu + (0.5 * logvar).exp() * e, refine)
-
-
-class _Draws:
-    """The model's noise, drawn on its device in the dtype, shapes and order of its own
-    methods, all rows sample-major: ``(kb, S, ...)``."""
-
-    def __init__(self, model: Any) -> None:
-        self.model, self.dev = model, model.device
-        self.dtype = next(model.parameters()).dtype
-        self.S, self.T = model.n_segments, model.cfg.n_tracks
-        self.L, self.Z = model.cfg.bvae.latent, model.cfg.mfg.latent
-
-    def gen(self, seed: int) -> torch.Generator:
-        return torch.Generator(device=self.dev).manual_seed(seed)
-
-    def normal(self, kb: int, width: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
-        """``randn((kb * S, *width))`` (as ``reparameterize`` draws it), viewed per sample."""
-        e = torch.randn((kb * self.S, *width), generator=g, device=self.dev, dtype=self.dtype)
-        return e.view(kb, self.S, *width)
-
-    def mfg_prior(self, kb: int, temperature: float, g: torch.Generator) -> torch.Tensor:
-        return self.model.mfg.sample_prior(kb * self.S, temperature, g).view(kb, self.S, -1)
-
-    def bvae_priors(self, kb: int, temperature: float, g: torch.Generator) -> torch.Tensor:
-        """As ``generate_no_fusion``: each track's prior in turn -> ``(kb, S, T, L)``."""
-        return torch.stack([self.model.bvae(t).sample_prior(kb, temperature, g)
-                            for t in range(self.T)], 2)
-
-
-def _plan(model: Any, args: argparse.Namespace, songs: list, kept: list[int] | None,
-          refine: bool) -> _Plan:
-    """The mode's plan. Its noise is drawn in the order and shapes of the model's method."""
-    if args.mode == "interpolate":
-        return _interpolate_plan(model, args, songs, refine)
-    if args.mode in ("generate", "no-fusion"):
-        return _prior_plan(model, args, refine)
-    return _input_plan(model, args, songs, kept, refine)
-
-
-def _prior_plan(model: Any, args: argparse.Namespace, refine: bool) -> _Plan:
-    """``generate`` (``model.generate``) and ``no-fusion`` (``model.generate_no_fusion``)."""
-    d, temp = _Draws(model), args.temperature
-    if args.mode == "generate":
-        def draw(kb: int, seed: int) -> list[torch.Tensor]:
-            g = d.gen(seed)  # the MFG prior first, then the BVAE sampling noise
-            return [d.mfg_prior(kb, temp, g), d.normal(kb, (d.T, d.L), g)]
-
-        def compute(c: list[Any]) -> torch.Tensor:
-            return _sampled_decode(model, c[0].flatten(0, 1), c[1].flatten(0, 1), refine)
-    else:
-        def draw(kb: int, seed: int) -> list[torch.Tensor]:
-            return [d.bvae_priors(kb, temp, d.gen(seed))]
-
-        def compute(c: list[Any]) -> torch.Tensor:
-            return model.decode_tracks(c[0].flatten(0, 1), refine)
-    noise = _Noise(draw, args.n, args.seed)
-    return _Plan(args.n, noise.rows, compute, lambda i: f"{args.mode} {i}")
-
-
-def _input_plan(model: Any, args: argparse.Namespace, songs: list, kept: list[int] | None,
-                refine: bool) -> _Plan:
-    """``restore`` (``model.restore``) and ``complete`` (``model.complete``): the input
-    phrases are the first column, then the noise."""
-    d = _Draws(model)
-    x = np.concatenate([s[0] for s in songs])[: args.n]
-    iters = 1 if args.mode == "restore" else COMPLETE_ITERS
-
-    def draw(kb: int, seed: int) -> list[torch.Tensor]:
-        # complete: the BVAE priors (a generator of their own), then per round trip the
-        # MFG-posterior and the BVAE noise from one generator, as model.complete draws them.
-        cols = [d.bvae_priors(kb, 1.0, d.gen(seed))] if args.mode == "complete" else []
-        g = d.gen(seed)
-        for _ in range(iters):
-            cols += [d.normal(kb, (d.Z,), g), d.normal(kb, (d.T, d.L), g)]
-        return cols
-
-    noise = _Noise(draw, len(x), args.seed)
-
-    def inputs(a: int, k: int) -> list[Any]:
-        return [torch.as_tensor(x[a:a + k], dtype=torch.float32, device=d.dev),
-                *noise.rows(a, k)]
-
-    if args.mode == "restore":
-        return _Plan(len(x), inputs, lambda c: _restore(model, *c, refine=refine),
-                     lambda i: f"restored phrase {i}", x)
-    return _Plan(len(x), inputs, lambda c: _complete(model, c[0], kept, c[1], c[2:], refine),
-                 lambda i: f"phrase {i} completed from {args.keep}", x)
-
-
-def _restore(model: Any, x: torch.Tensor, e1: torch.Tensor, e2: torch.Tensor, *,
-             refine: bool) -> torch.Tensor:
-    """``model.restore(x)`` with its two noises given (MFG posterior, then BVAE)."""
-    mu_z, logvar_z = model.encode(x)
-    z = mu_z + (0.5 * logvar_z).exp() * e1.flatten(0, 1)
-    return _sampled_decode(model, z, e2.flatten(0, 1), refine)
-
-
-def _complete(model: Any, x: torch.Tensor, kept: list[int] | None, prior_z: torch.Tensor,
-              eps: list[torch.Tensor], refine: bool) -> torch.Tensor:
-    """``model.complete(x, kept)`` (init from the BVAE priors, sampled round trips, 0.5
-    between iterations) with its noise given: the prior latents, then per iteration the
-    MFG-posterior and BVAE noise."""
-    keep = torch.zeros(model.cfg.n_tracks, dtype=torch.bool, device=x.device)
-    keep[list(kept or [])] = True
-    start = binarize(model.decode_tracks(prior_z.flatten(0, 1), refine), "threshold", 0.5)
-    out = torch.where(keep, x, start)
-    for e1, e2 in zip(eps[0::2], eps[1::2], strict=True):
-        cur = torch.where(keep, x, binarize(out, "threshold", 0.5))
-        out = torch.where(keep, x, _restore(model, cur, e1, e2, refine=refine))
-    return out
-
-
-def _interpolate_plan(model: Any, args: argparse.Namespace, songs: list, refine: bool) -> _Plan:
-    """``model.interpolate``: slerp between the two phrases' MFG means, decoded without
-    noise; one step per sample."""
-    dev = model.device
-    a = songs[0][0][0]
-    b = songs[1][0][0] if len(songs) > 1 else songs[0][0][min(1, len(songs[0][0]) - 1)]
-    za, _ = model.encode(torch.as_tensor(a, dtype=torch.float32, device=dev)[None])  # (S, Z)
-    zb, _ = model.encode(torch.as_tensor(b, dtype=torch.float32, device=dev)[None])
-    steps = max(2, args.n)
-    ts = torch.linspace(0.0, 1.0, steps).tolist()
-
-    def compute(c: list[Any]) -> torch.Tensor:
-        z = torch.cat([slerp(za, zb, t) for t in c[0]])  # (k * S, Z), phrase-major
-        return model.decode(z, refine=refine, sample_bvae=False)
-
-    return _Plan(steps, lambda i, k: [ts[i:i + k]], compute, lambda i: f"interpolation step {i}")
+def _list_attributes(label: Any, available: dict | None, meta: dict) -> int:
+    if not available:
+        print(f"{label} has no attribute vectors (fit them with `ms2dist attributes --model "
+              f"DIR --data TRAIN_SPLIT`)")
+        return 0
+    stats = meta.get("attributes", {}).get("stats", {})
+    print(f"attribute vectors of {label} (use --attribute NAME=SCALE, scale -10..10):")
+    for name in available:
+        st = stats.get(name, {})
+        print(f"  {name:<18} data mean {st.get('mean', float('nan')):.2f}, quartiles "
+              f"{st.get('q25', float('nan')):.2f}..{st.get('q75', float('nan')):.2f}")
+    return 0
 
 
 # ------------------------------------------------------------------ the batches
 
 
-def _sample_all(plan: _Plan, run: _Run) -> None:
+def _sample_all(plan: Plan, run: _Run) -> None:
     """Compute, binarise and write every batch, with a progress bar (on a terminal)."""
     bar = tqdm(total=plan.n, unit="sample", desc=f"sample {run.args.mode}", file=sys.stderr,
                disable=None)
@@ -380,8 +286,9 @@ class _Run:
     the summary and the listening page."""
 
     def __init__(self, args: argparse.Namespace, rule: Any, refine: bool, bpm: float,
-                 layout: Any, kept: list[int] | None, with_inputs: bool) -> None:
-        self.args, self.rule, self.refine, self.bpm, self.kept = args, rule, refine, bpm, kept
+                 layout: Any, keep: torch.Tensor | None, with_inputs: bool) -> None:
+        self.args, self.rule, self.refine, self.bpm = args, rule, refine, bpm
+        self.keep = keep  # (bars, tracks): cells that come back as given
         self.g: torch.Generator | None = None  # bernoulli draws: one stream for the run
         self.files = SampleFiles(args.out, args.mode, with_inputs, bpm=bpm, layout=layout,
                                  pictures=not args.no_png, audio=args.audio)
@@ -392,9 +299,10 @@ class _Run:
         if self.g is None:
             self.g = torch.Generator(device=probs.device).manual_seed(self.args.seed)
         binary = self.rule.apply(probs, refine=self.refine, generator=self.g)
-        if self.kept is not None:
-            # The kept tracks come back exactly as given, whatever the binariser does.
-            binary[..., self.kept] = x[..., self.kept] > 0.5
+        if self.keep is not None:
+            # The kept cells come back exactly as given, whatever the binariser does.
+            keep = self.keep.to(binary.device)[:, None, None, :]
+            binary = torch.where(keep, x > 0.5, binary)
         entries = self.files.write(
             a, probs.float().cpu().numpy(), binary.cpu().numpy(),
             None if x is None else x.cpu().numpy() > 0.5,
@@ -405,7 +313,8 @@ class _Run:
     def finish(self, interrupted: bool = False) -> None:
         """The indexes, ``summary.json`` and ``index.html`` of the samples written (all of
         them, unless ``interrupted``)."""
-        keep = [TRACKS[k] for k in self.kept] if self.kept is not None else None
+        keep = parse_tracks(self.args.keep, "--keep") if self.args.mode == "complete" \
+            else None
         summary = sample_settings(self.args, self.index.n, self.bpm,
                                   self.rule.to_json(self.refine), self.refine, keep)
         self.files.finish(summary, f"ms2dist sample: {self.args.mode}, {self.args.model}",

@@ -16,7 +16,7 @@ from ms2dist.dataset.eval_stream import eval_loader
 from ms2dist.dataset.manifest import read_split
 from ms2dist.songs.files import collect_inputs, file_phrases
 
-__all__ = ["split_phrases"]
+__all__ = ["split_phrases", "song_folder"]
 
 
 def split_phrases(split: Path, limit: int) -> np.ndarray:
@@ -42,6 +42,15 @@ def split_phrases(split: Path, limit: int) -> np.ndarray:
 
 
 def _song_folder_phrases(folder: Path, limit: int) -> np.ndarray:
+    return np.concatenate(song_folder(folder, limit))[:limit]
+
+
+def song_folder(folder: Path, limit: int | None = None) -> list[np.ndarray]:
+    """The phrases of each song of a folder (``.npz`` / MIDI, in path order), one bool
+    array ``(n, bars, T, P, tracks)`` per song, phrases in song order; songs are read
+    until ``limit`` phrases (None: all). A song that cannot be used is left out with a
+    warning naming it; a folder without any usable song is a ``ValueError``."""
+    folder = Path(folder)
     paths = collect_inputs([folder])
     if not paths:
         raise ValueError(f"{folder}: neither a packed split (no manifest.json) nor a folder "
@@ -55,11 +64,11 @@ def _song_folder_phrases(folder: Path, limit: int) -> np.ndarray:
             continue
         out.append(phrases)
         n += len(phrases)
-        if n >= limit:
+        if limit is not None and n >= limit:
             break
     if skipped:
         print(f"warning: {len(skipped)} song(s) of {folder} left out: {skipped[0]}"
               + (" ..." if len(skipped) > 1 else ""), file=sys.stderr)
     if not out:
         raise ValueError(f"{folder}: no usable song ({skipped[0] if skipped else 'none'})")
-    return np.concatenate(out)[:limit]
+    return out

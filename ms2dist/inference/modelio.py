@@ -9,11 +9,13 @@ MLflow artifact) can never run code on load.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from safetensors.torch import load_model as _st_load
 from safetensors.torch import save_model as _st_save
 
@@ -24,10 +26,12 @@ from ms2dist.yamlconfig import from_dict, to_dict
 
 __all__ = ["save_model", "load_model", "read_model_config", "resolve_model_dir",
            "pretrained_models", "PRETRAINED_DIR",
-           "update_model_meta", "layout_of", "CONFIG_FILE", "WEIGHTS_FILE"]
+           "update_model_meta", "layout_of", "save_attributes", "load_attributes",
+           "CONFIG_FILE", "WEIGHTS_FILE", "ATTRIBUTES_FILE"]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+ATTRIBUTES_FILE = "attributes.safetensors"  # attribute vectors (inference.attributes)
 FORMAT = "ms2dist-model/1"
 
 
@@ -170,8 +174,43 @@ def update_model_meta(directory: str | Path, meta: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def save_attributes(directory: str | Path, names: list[str], directions: torch.Tensor,
+                    stats: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Write ``attributes.safetensors`` and ``meta.attributes``; returns that meta block."""
+    d = Path(directory)
+    tmp = d / f".{ATTRIBUTES_FILE}.part"
+    save_file({"directions": directions.contiguous().float().cpu()}, str(tmp))
+    tmp.chmod(0o644)  # as the model's other files (the writer makes it owner-only)
+    tmp.replace(d / ATTRIBUTES_FILE)
+    block = {"file": ATTRIBUTES_FILE, "names": list(names), "source": source,
+             "stats": dict(stats), "unit": "half the top-vs-bottom-quartile latent distance"}
+    update_model_meta(d, {"attributes": block})
+    return block
+
+
+def load_attributes(directory: str | Path, meta: Mapping[str, Any]
+                    ) -> dict[str, torch.Tensor] | None:
+    """name -> direction ``(Z,)`` of a model directory, or None if it has none."""
+    block = meta.get("attributes")
+    path = Path(directory) / ATTRIBUTES_FILE
+    if not block or not path.is_file():
+        return None
+    try:
+        dirs = load_file(str(path))["directions"]
+    except Exception as e:  # safetensors raises several types for a bad file
+        raise ValueError(f"{path} cannot be read ({' '.join(str(e).split())[:200]}): "
+                         f"refit it with `ms2dist attributes`") from e
+    names = block.get("names", [])
+    if dirs.ndim != 2 or len(names) != dirs.shape[0]:
+        raise ValueError(f"{path} holds {tuple(dirs.shape)} directions for {len(names)} "
+                         f"names in config.json: refit it with `ms2dist attributes`")
+    return {n: dirs[i] for i, n in enumerate(names)}
+
+
 def load_model(source: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Return the ``MidiSandwich2`` module (eval mode) from a directory or MLflow URI.
+    """Return the ``MidiSandwich2`` module (eval mode) from a directory or MLflow URI,
+    with ``ms2dist_meta`` (its config.json's meta) and ``ms2dist_attributes`` (its
+    attribute vectors, or None) set.
 
     A missing, unreadable, truncated or mismatched ``config.json``/``model.safetensors`` is
     a ``FileNotFoundError``/``ValueError`` with a one-line message naming the file.
@@ -183,6 +222,8 @@ def load_model(source: str | Path, device: str | torch.device = "cpu") -> torch.
     model = MidiSandwich2(cfg)
     _load_weights(model, d / WEIGHTS_FILE)
     model.ms2dist_meta = meta
+    # name -> latent direction (ms2dist.inference.attributes), None without them.
+    model.ms2dist_attributes = load_attributes(d, meta)
     return model.to(device).eval()
 
 

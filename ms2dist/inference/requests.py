@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import math
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,15 +25,20 @@ from typing import Any
 import numpy as np
 
 from ms2dist import TRACKS
-from ms2dist.layout import PhraseLayout
+from ms2dist.layout import PhraseLayout, parse_tracks
 from ms2dist.music.files import DEFAULT_BPM
 from ms2dist.music.midi import _runs, write_midi
 
-__all__ = ["FIELDS", "DEFAULTS", "MAX_N", "MAX_PHRASES", "MODES", "BINARIZE", "OUTPUTS",
+__all__ = ["FIELDS", "DEFAULTS", "MAX_N", "MAX_PHRASES", "MAX_SONG_BARS", "MODES",
+           "PHRASE_MODES", "BINARIZE", "OUTPUTS",
            "Request", "RequestError", "parse_requests", "notes_answer", "midi_answer",
            "notes_to_roll"]
 
-MODES = ("generate", "restore")
+MODES = ("generate", "restore", "song", "infill", "vary")
+#: Modes that read ``phrases`` / that take ``n`` and ``temperature`` / ``attributes``.
+PHRASE_MODES = ("restore", "infill", "vary")
+COUNT_MODES = ("generate", "song")
+ATTRIBUTE_MODES = ("generate", "restore", "song", "vary")
 BINARIZE = ("calibrated", "threshold", "bernoulli")
 OUTPUTS = ("notes", "midi", "probabilities")
 #: Most samples one request may ask for (``n``) / phrases one restore may send: a bound on
@@ -41,23 +46,34 @@ OUTPUTS = ("notes", "midi", "probabilities")
 MAX_N = 64
 MAX_PHRASES = 64
 MAX_TEMPERATURE = 10.0
+#: Longest song one request may ask for, in bars.
+MAX_SONG_BARS = 256
 
 #: Every key a request may carry, with what it is.
 FIELDS: dict[str, str] = {
     "mode": f"one of {', '.join(MODES)}",
-    "n": f"samples to generate, an integer in 1..{MAX_N} (generate only)",
+    "n": f"samples to generate, an integer in 1..{MAX_N} (generate: phrases, song: songs)",
     "seed": "an integer >= 0 (generate noise and bernoulli draws)",
-    "temperature": f"prior scale, a number in (0, {MAX_TEMPERATURE:g}] (generate only)",
+    "temperature": f"prior scale, a number in (0, {MAX_TEMPERATURE:g}] (generate, song)",
     "binarize": f"which notes are played: one of {', '.join(BINARIZE)} (default: the "
                 "model's calibrated thresholds, 0.5 for a model without them)",
     "threshold": "one cutoff in (0, 1) for every track (goes with binarize threshold)",
     "output": f"one of {', '.join(OUTPUTS)}",
-    "phrases": "restore only: phrases (N, bars, steps_per_bar, pitches, tracks), 0/1",
+    "phrases": "restore, infill, vary: phrases (N, bars, steps_per_bar, pitches, tracks), 0/1",
+    "bars": f"song: its length in bars, a multiple of the phrase up to {MAX_SONG_BARS}; "
+            "infill: the bars of each phrase to regenerate, e.g. \"3-4\" or \"1,3\"",
+    "form": "song: one letter per section, e.g. AABA (the A sections repeat)",
+    "link": "song, infill: correlation of neighbouring bars' latents, a number in [0, 1)",
+    "tracks": "infill: comma-separated tracks to regenerate, e.g. Piano,Bass (default all)",
+    "amount": "vary: distance from the input phrase, a number in [0, 1]",
+    "attributes": "generate, restore, song, vary: TRACK.ATTR=SCALE, comma-separated, e.g. "
+                  "Drums.density=1.5,Piano.polyphony=-1 (the model's attribute vectors)",
 }
 #: The value of a key neither the row nor ``params`` gives (None: not set).
 DEFAULTS: dict[str, Any] = {"mode": "generate", "n": 1, "seed": 0, "temperature": 1.0,
                             "binarize": None, "threshold": None, "output": "notes",
-                            "phrases": None}
+                            "phrases": None, "bars": None, "form": None, "link": None,
+                            "tracks": None, "amount": None, "attributes": None}
 
 
 class RequestError(ValueError):
@@ -75,7 +91,14 @@ class Request:
     binarize: str | None  # None: the model's own rule (calibrated, else 0.5)
     threshold: float | None
     output: str
-    phrases: np.ndarray | None  # float32 (N, bars, steps, pitches, tracks) for restore
+    phrases: np.ndarray | None  # float32 (N, bars, steps, pitches, tracks): PHRASE_MODES
+    song_bars: int | None = None  # song: its length in bars
+    form: str | None = None  # song
+    link: float | None = None  # song, infill (None: modes.LINK)
+    infill_bars: tuple[int, ...] | None = None  # infill: 0-based bars
+    tracks: tuple[int, ...] | None = None  # infill: track indexes
+    amount: float | None = None  # vary
+    attributes: dict[str, float] | None = None  # name -> scale
 
 
 def _is_missing(v: Any) -> bool:
@@ -152,7 +175,7 @@ def _phrases(v: Any, layout: PhraseLayout, where: str) -> np.ndarray:
 
 
 def _check_row(row: Mapping[str, Any], defaults: Mapping[str, Any], layout: PhraseLayout,
-               where: str) -> Request:
+               attributes: Collection[str] | None, where: str) -> Request:
     unknown = sorted(str(k) for k in row if k not in FIELDS)
     if unknown:
         raise RequestError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
@@ -161,19 +184,24 @@ def _check_row(row: Mapping[str, Any], defaults: Mapping[str, Any], layout: Phra
     vals = {k: (v if k == "phrases" else _scalar(k, v, where)) for k, v in given.items()}
     get = {**DEFAULTS, **{k: v for k, v in defaults.items() if v is not None}, **vals}
     mode = _choice("mode", get["mode"], MODES, where)
-    if mode == "restore":
-        wrong = [k for k in ("n", "temperature") if k in vals]
-        if wrong:
-            raise RequestError(f"{where}: {', '.join(wrong)} apply to mode generate; a restore "
-                               f"returns one sample per phrase sent")
+    for key, modes_of_key in (("n", COUNT_MODES), ("temperature", COUNT_MODES),
+                              ("bars", ("song", "infill")), ("form", ("song",)),
+                              ("link", ("song", "infill")), ("tracks", ("infill",)),
+                              ("amount", ("vary",)), ("attributes", ATTRIBUTE_MODES)):
+        # Only a row's own keys: params are defaults shared by rows of several modes.
+        if key in vals and mode not in modes_of_key:
+            raise RequestError(f"{where}: {key} applies to mode {' or '.join(modes_of_key)}, "
+                               f"not {mode}" + ("; one sample comes back per phrase sent"
+                                                if mode in PHRASE_MODES else ""))
+    if mode in PHRASE_MODES:
         if get["phrases"] is None:
-            raise RequestError(f"{where}: mode restore needs phrases "
+            raise RequestError(f"{where}: mode {mode} needs phrases "
                                f"(N, {', '.join(map(str, layout.shape))})")
         phrases = _phrases(get["phrases"], layout, where)
     else:
         if "phrases" in vals:
-            raise RequestError(f"{where}: phrases given with mode generate; send mode restore "
-                               f"to restore them")
+            raise RequestError(f"{where}: phrases given with mode {mode}; send mode restore, "
+                               f"infill or vary to use them")
         phrases = None
     n = _integer("n", get["n"], 1, MAX_N, where)
     seed = _integer("seed", get["seed"], 0, 2**63 - 1, where)
@@ -197,7 +225,67 @@ def _check_row(row: Mapping[str, Any], defaults: Mapping[str, Any], layout: Phra
     elif binarize == "threshold":
         raise RequestError(f"{where}: binarize threshold needs threshold, a number in (0, 1)")
     output = _choice("output", get["output"], OUTPUTS, where)
-    return Request(mode, n, seed, temperature, binarize, threshold, output, phrases)
+    latent = _latent_fields(mode, get, layout, attributes, where)
+    return Request(mode, n, seed, temperature, binarize, threshold, output, phrases, **latent)
+
+
+def _latent_fields(mode: str, get: Mapping[str, Any], layout: PhraseLayout,
+                   attributes: Collection[str] | None, where: str) -> dict[str, Any]:
+    """The checked fields of the modes of ``ms2dist.inference.modes``."""
+    from ms2dist.inference.attributes import parse_attribute
+    from ms2dist.inference.modes import parse_bars, parse_form
+
+    out: dict[str, Any] = {}
+    try:
+        if mode == "song":
+            bars = get["bars"] if get["bars"] is not None else 8 * layout.n_bars
+            total = _integer("bars", bars, layout.n_bars, MAX_SONG_BARS, where)
+            if total % layout.n_bars:
+                raise RequestError(f"{where}: bars={total}: a song is a whole number of "
+                                   f"{layout.n_bars}-bar phrases")
+            form = get["form"]
+            if form is not None and not isinstance(form, str):
+                raise RequestError(f"{where}: form={form!r} is not a string ({FIELDS['form']})")
+            parse_form(form, total // layout.n_bars)
+            out.update(song_bars=total, form=form or None)
+        if mode == "infill":
+            if get["bars"] is None:
+                raise RequestError(f"{where}: mode infill needs bars, e.g. \"3-4\" "
+                                   f"(1..{layout.n_bars})")
+            out["infill_bars"] = tuple(parse_bars(str(get["bars"]), layout.n_bars))
+            names = parse_tracks(str(get["tracks"]), "tracks") if get["tracks"] is not None \
+                else list(TRACKS[: layout.n_tracks])
+            out["tracks"] = tuple(TRACKS.index(t) for t in names)
+        if mode in ("song", "infill") and get["link"] is not None:
+            link = _number("link", get["link"], where)
+            if not 0.0 <= link < 1.0:
+                raise RequestError(f"{where}: link={link:g} is out of range ({FIELDS['link']})")
+            out["link"] = link
+        if mode == "vary":
+            if get["amount"] is None:
+                raise RequestError(f"{where}: mode vary needs amount ({FIELDS['amount']})")
+            amount = _number("amount", get["amount"], where)
+            if not 0.0 <= amount <= 1.0:
+                raise RequestError(f"{where}: amount={amount:g} is out of range "
+                                   f"({FIELDS['amount']})")
+            out["amount"] = amount
+        if mode in ATTRIBUTE_MODES and get["attributes"] is not None:
+            specs = get["attributes"]
+            if isinstance(specs, Mapping):
+                specs = [f"{k}={v}" for k, v in specs.items()]
+            elif isinstance(specs, str):
+                specs = [p for p in specs.split(",") if p.strip()]
+            else:
+                raise RequestError(f"{where}: attributes={specs!r} is not a string "
+                                   f"({FIELDS['attributes']})")
+            avail = None if attributes is None else dict.fromkeys(attributes)
+            out["attributes"] = dict(parse_attribute(p, avail) for p in specs) or None
+    except ValueError as e:
+        if isinstance(e, RequestError):
+            raise
+        # The CLI's messages name its flags (--bars); a request names its keys.
+        raise RequestError(f"{where}: {str(e).replace('--', '')}") from None
+    return out
 
 
 def _rows(model_input: Any) -> list[Mapping[str, Any]]:
@@ -248,7 +336,8 @@ def _dict_rows(d: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 
 def parse_requests(model_input: Any, params: Mapping[str, Any] | None,
-                   layout: PhraseLayout) -> list[Request]:
+                   layout: PhraseLayout, attributes: Collection[str] | None = None
+                   ) -> list[Request]:
     """Check every row of ``model_input`` (``params`` fills what a row leaves out).
 
     Parameters
@@ -260,6 +349,8 @@ def parse_requests(model_input: Any, params: Mapping[str, Any] | None,
         Values for the keys a row does not give (MLflow ``params``); None values are unset.
     layout : PhraseLayout
         The model's phrase layout (the shape ``phrases`` must have).
+    attributes : collection of str, optional
+        The names of the model's attribute vectors (None: it has none).
 
     Returns
     -------
@@ -279,7 +370,8 @@ def parse_requests(model_input: Any, params: Mapping[str, Any] | None,
     rows = _rows(model_input)
     if len(rows) > MAX_PHRASES:
         raise RequestError(f"{len(rows)} requests in one call; send at most {MAX_PHRASES}")
-    return [_check_row(r, params, layout, f"request {i}" if len(rows) > 1 else "request")
+    return [_check_row(r, params, layout, attributes,
+                       f"request {i}" if len(rows) > 1 else "request")
             for i, r in enumerate(rows)]
 
 
@@ -299,8 +391,9 @@ def notes_answer(binary: np.ndarray, layout: PhraseLayout, bpm: float = DEFAULT_
         order = np.lexsort((pitch, onset))
         tracks[name] = [[int(onset[i]), int(pitch[i]) + layout.lowest_pitch,
                          int(offset[i] - onset[i])] for i in order]
+    bars = int(roll.shape[0]) // (layout.steps_per_beat * layout.beats_per_bar)
     grid = {"steps_per_beat": layout.steps_per_beat, "beats_per_bar": layout.beats_per_bar,
-            "bars": layout.n_bars, "steps": int(roll.shape[0]),
+            "bars": bars, "steps": int(roll.shape[0]),
             "lowest_pitch": layout.lowest_pitch, "pitches": int(roll.shape[1]),
             "tempo_bpm": float(bpm)}
     return {**extra, "grid": grid, "tracks": tracks}

@@ -90,10 +90,17 @@ def sample_settings(args: Any, n: int, bpm: float, binarize: Mapping[str, Any], 
                     keep: list[str] | None) -> dict[str, Any]:
     """The settings of an ``ms2dist sample`` run (``args``: its parsed arguments): the head
     of its ``summary.json`` and the page's settings table."""
-    return {"model": str(args.model), "mode": args.mode, "seed": args.seed, "n": n,
-            "inputs": [str(p) for p in args.input], "tempo_bpm": bpm, "binarize": binarize,
-            "threshold": args.threshold, "temperature": args.temperature, "refine": refine,
-            "keep": keep}
+    settings = {"model": str(args.model), "mode": args.mode, "seed": args.seed, "n": n,
+                "inputs": [str(p) for p in args.input], "tempo_bpm": bpm,
+                "binarize": binarize, "threshold": args.threshold,
+                "temperature": args.temperature, "refine": refine, "keep": keep}
+    # The settings of the latent modes, where given (song, infill, vary, attributes).
+    for key in ("bars", "form", "link", "tracks", "amount"):
+        if getattr(args, key, None) is not None:
+            settings[key] = getattr(args, key)
+    if getattr(args, "attribute", None):
+        settings["attributes"] = list(args.attribute)
+    return settings
 
 
 def _sample(entry: Mapping[str, Any], page_dir: Path) -> str:

@@ -39,7 +39,9 @@ WHEELS = "wheels"
 #: The logged model's input example (docs/serving.md): one request, small answer.
 INPUT_EXAMPLE = {"mode": "generate", "n": 1, "seed": 0, "output": "notes"}
 _PARAM_TYPES = {"mode": "string", "n": "long", "seed": "long", "temperature": "double",
-                "binarize": "string", "threshold": "double", "output": "string"}
+                "binarize": "string", "threshold": "double", "output": "string",
+                "bars": "string", "form": "string", "link": "double", "tracks": "string",
+                "amount": "double", "attributes": "string"}
 
 
 def serving_signature():

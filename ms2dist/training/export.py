@@ -13,6 +13,7 @@ import torch
 
 from ms2dist.configs import RunConfig
 from ms2dist.dataset.manifest import manifest_sha
+from ms2dist.inference.attributes import fit_attributes_dir
 from ms2dist.inference.calibration import calibrate_dir, rule_for_model
 from ms2dist.inference.modelio import save_model
 from ms2dist.layout import PhraseLayout
@@ -41,6 +42,11 @@ def export(job: TrainJob, stage: Stage, cfg: RunConfig, accelerator: Any, object
         tracker.log_params({f"calibration.threshold.{t}": round(v, 5)
                             for t, v in cal["thresholds"].items()})
         print(f"[ms2dist] calibrated thresholds {json.dumps(cal['thresholds'])}",
+              file=sys.stderr, flush=True)
+        # ... and with its attribute vectors, fitted on the training split (`sample
+        # --attribute`, ms2dist.inference.attributes); they travel with it into MLflow.
+        attrs = fit_attributes_dir(out, model, job.data / "train")
+        print(f"[ms2dist] attribute vectors: {', '.join(attrs['names'])}",
               file=sys.stderr, flush=True)
     # Both stages end with previews of real samples (stage 1: its BVAEs' reconstructions
     # and prior samples; stage 2: restores and generations, played by the thresholds the
