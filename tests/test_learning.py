@@ -59,6 +59,9 @@ def test_restore_of_unseen_songs_beats_an_untrained_model(trained, packed_small)
     assert val.any(axis=(0, 1, 2, 3)).all()  # every track is played in the val songs
     model = load_model(trained / "s2")
     assert model.ms2dist_meta["calibration"]["fitted_on"].endswith("val")
+    # Export also fitted the attribute vectors, on the training split (sample --attribute).
+    assert "train" in model.ms2dist_meta["attributes"]["source"]
+    assert "Drums.density" in model.ms2dist_attributes
     f1 = _restore_f1(model, val)
 
     torch.manual_seed(0)

@@ -84,6 +84,10 @@ def test_registry_import_makes_champion(tmp_path):
             os.environ["MLFLOW_TRACKING_URI"] = old
     shipped = load_model("pretrained:lpd5")
     assert champion.ms2dist_meta["calibration"] == shipped.ms2dist_meta["calibration"]
+    # The attribute vectors travel with the model through the registry.
+    assert champion.ms2dist_attributes.keys() == shipped.ms2dist_attributes.keys()
+    assert all(torch.equal(champion.ms2dist_attributes[k], v)
+               for k, v in shipped.ms2dist_attributes.items())
     with torch.no_grad():
         assert torch.equal(champion.generate(2, seed=3), shipped.generate(2, seed=3))
 

@@ -70,6 +70,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modes", action="store_true",
                    help="also measure the generation modes (song, infill, attributes, vary; "
                    "ms2dist.inference.mode_checks) -> modes.md / modes.json")
+    p.add_argument("--mode-samples", type=int, default=64,
+                   help="--modes: phrases generated per attribute and scale")
     p.add_argument("--songs", type=Path, default=None,
                    help="--modes: a folder of real songs (.npz / .mid) whose consecutive "
                    "phrases the songs are compared with (default: --data, when it is a "
@@ -102,6 +104,8 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
         extras[name] = uri
     if args.songs is not None and not args.modes:
         return _fail("--songs goes with --modes")
+    if args.mode_samples < 2:
+        return _fail(f"--mode-samples must be at least 2, got {args.mode_samples}")
     torch.manual_seed(args.seed)
     try:
         data = split_phrases(args.data, args.max_phrases)
@@ -167,7 +171,8 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
         rule = rule_for_model(model.ms2dist_meta, args.binarize, args.threshold)
         with torch.no_grad():
             result = run_checks(model, lambda p: rule.apply(p).cpu().numpy(), data,
-                                real_songs, seed=args.seed, batch_size=args.batch_size)
+                                real_songs, seed=args.seed, batch_size=args.batch_size,
+                                n_samples=args.mode_samples)
         text = mode_markdown(result, f"Generation modes: {args.model} on {args.data}")
         mode_files = [args.out / "modes.md", args.out / "modes.json"]
         mode_files[0].write_text(text + "\n")

@@ -19,6 +19,7 @@ plain floats) and a verdict; they are measured on songs and phrases the caller c
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -185,9 +186,10 @@ def run_checks(model: Any, notes: Notes, phrases: np.ndarray,
                real_songs: Sequence[np.ndarray] | None, *, seed: int = 0,
                infill_bars: Sequence[int] = (2, 3),
                infill_tracks: Sequence[Sequence[int]] = ((0, 1, 2, 3, 4), (1, 3)),
-               batch_size: int = 64) -> dict[str, Any]:
+               batch_size: int = 64, n_samples: int = 64) -> dict[str, Any]:
     """Every check above on ``model`` (songs against ``real_songs``, when given; the
-    attribute check when the model has attribute vectors)."""
+    attribute check, on ``n_samples`` generated phrases per scale, when the model has
+    attribute vectors)."""
     from ms2dist import TRACKS
 
     out: dict[str, Any] = {}
@@ -195,24 +197,28 @@ def run_checks(model: Any, notes: Notes, phrases: np.ndarray,
         out["song"] = song_check(model, notes, real_songs, seed=seed)
     for tracks in infill_tracks:
         which = "all tracks" if len(tracks) == model.cfg.n_tracks else \
-            ",".join(TRACKS[t] for t in tracks)
+            " and ".join(TRACKS[t] for t in tracks)
         bars = "-".join(str(b + 1) for b in (min(infill_bars), max(infill_bars)))
-        out[f"infill bars {bars}, {which}"] = infill_check(
+        out[f"infill bars {bars} of {which}"] = infill_check(
             model, notes, phrases, infill_bars, tracks, seed=seed, batch_size=batch_size)
     available = getattr(model, "ms2dist_attributes", None)
     if available:
         stats = model.ms2dist_meta.get("attributes", {}).get("stats", {})
-        out["attributes"] = attribute_check(model, notes, available, stats, seed=seed)
+        out["attributes"] = attribute_check(model, notes, available, stats, seed=seed,
+                                            n=n_samples)
     out["vary"] = vary_check(model, notes, phrases, seed=seed, batch_size=batch_size)
     return out
 
 
 def flat_rows(result: Mapping[str, Any]) -> dict[str, dict[str, float]]:
-    """``check: row`` -> metric -> value, the cells MLflow logs."""
+    """``check: row`` -> metric -> value, the cells MLflow logs (names cut to the
+    characters MLflow accepts: ``Piano,Bass`` -> ``Piano Bass``)."""
     rows: dict[str, dict[str, float]] = {}
     for check, r in result.items():
         for name, metrics in r["rows"].items():
-            rows[f"{check}: {name}"] = {k: float(v) for k, v in metrics.items()}
+            key = re.sub(r"[^\w\-. :/]+", " ", f"{check}: {name}").strip()
+            rows[key] = {re.sub(r"[^\w\-. :/]+", "_", k).strip("_"): float(v)
+                         for k, v in metrics.items()}
     return rows
 
 
