@@ -178,6 +178,12 @@ def main() -> int:
         "a note. Bar gates: " + ", ".join(f"{t} {cal['bar_gates'][t]:.3f}" for t in TRACKS)
         + "; note thresholds: " + ", ".join(f"{t} {cal['thresholds'][t]:.3f}" for t in TRACKS)
         + " (the no-refine MSG1 output has its own pair).", "",
+        "## Attribute vectors", "",
+        "`attributes.safetensors`: per track, latent directions for note density, polyphony "
+        "and pitch range (Drums: density), fitted on 4,000 training phrases "
+        "(`ms2dist attributes`, the last step of `scripts/train_pretrained.sh`); "
+        "`ms2dist sample --attribute Drums.density=+1.5`. How well each one steers its "
+        "attribute, on generated phrases: `bench/README.md`, \"Generation modes\".", "",
         "## Table I on songs it never saw", "",
         "Full tables beside this card: `TABLE_I_test_split.md`, `TABLE_I_lpd5_test_small.md` "
         "(`ms2dist evaluate --model pretrained:" + args.name + " --data ...`).", "",
