@@ -235,8 +235,42 @@ def test_restore_takes_phrases_and_checks_their_shape(served, model) -> None:
     assert "(N, 4, 48, 84, 5)" in err["message"], err
 
 
+def test_song_infill_vary_and_attributes_over_http(served, model) -> None:
+    """The generation modes answer over HTTP exactly as in process (same seed, same notes),
+    their keys given in a row or as params."""
+    from ms2dist.pyfunc import MidiSandwich2Pyfunc
+
+    local = MidiSandwich2Pyfunc(model)
+    _, gen, _ = post(served, {"inputs": {"mode": "generate", "n": 2, "seed": 4}})
+    phrases = _rolls(gen["predictions"]).astype(np.uint8)
+    for row, params in (({"mode": "song", "bars": "8", "form": "AB", "n": 1, "seed": 1}, {}),
+                        ({"mode": "song", "n": 1}, {"bars": "8", "link": 0.5}),
+                        ({"mode": "infill", "bars": "2", "tracks": "Bass"}, {}),
+                        ({"mode": "vary", "amount": 0.5, "seed": 2}, {}),
+                        ({"mode": "generate", "n": 1}, {"attributes": "Drums.density=2"})):
+        body_row = {**row, "phrases": phrases.tolist()} if row["mode"] in ("infill", "vary") \
+            else row
+        status, out, _ = post(served, {"inputs": body_row, "params": params})
+        assert status == 200, (row, out)
+        in_row = {**row, "phrases": phrases} if "phrases" in body_row else row
+        want = json.loads(json.dumps(local.predict(in_row, params=params)))
+        assert out["predictions"] == want, row
+        if row["mode"] == "song":
+            assert out["predictions"][0]["grid"]["bars"] == 8
+        if row["mode"] == "infill":  # everything but bar 2 of the bass comes back as sent
+            got = _rolls(out["predictions"])
+            assert (got[:, [0, 2, 3]] == phrases[:, [0, 2, 3]]).all()
+            assert (got[:, 1, ..., :3] == phrases[:, 1, ..., :3]).all()
+
+
 BAD = [
     ({"inputs": {"mode": "bogus"}}, ["mode='bogus'", "generate, restore"]),
+    ({"inputs": {"mode": "song", "bars": 6}}, ["bars=6", "whole number of 4-bar phrases"]),
+    ({"inputs": {"mode": "song", "amount": 0.5}}, ["amount applies to mode vary, not song"]),
+    ({"inputs": {"mode": "generate", "attributes": "Drums.loud=1"}},
+     ["unknown attribute 'Drums.loud'", "Drums.density"]),
+    ({"inputs": {"mode": "vary"}}, ["vary needs phrases"]),
+    ({"inputs": {"mode": "song", "form": "ABC", "bars": 16}}, ["3 sections", "4 phrases"]),
     ({"inputs": {"n": -1}}, ["n=-1", "1..64"]),
     ({"inputs": {"n": 0}}, ["n=0", "1..64"]),
     ({"inputs": {"n": 1000}}, ["n=1000", "1..64"]),

@@ -152,7 +152,7 @@ def _argument_error(args: argparse.Namespace) -> str | None:
         return "--mode vary needs --amount in 0..1 (0: the restore, 1: unrelated)"
     if args.amount is not None and not 0.0 <= args.amount <= 1.0:
         return f"--amount must be in 0..1 (0: the restore, 1: unrelated), got {args.amount:g}"
-    if args.mode in ("song", "infill") and not args.temperature > 0:
+    if args.mode == "song" and not args.temperature > 0:
         return f"--temperature must be positive, got {args.temperature:g}"
     if args.tempo is not None and not args.tempo > 0:
         return f"--tempo must be positive, got {args.tempo}"
