@@ -224,3 +224,19 @@ def test_attributes_are_fitted_stored_and_refused_when_broken(tmp_path, lpd5_tes
     bad = run_ms2dist(["attributes", "--model", PRETRAINED, "--data", lpd5_test_small],
                       check=False)
     assert bad.returncode == 2 and "must be a local directory" in bad.stderr
+
+
+@torch.no_grad()
+def test_attributes_left_out_are_named_with_the_reason(model, held_out):
+    from ms2dist.inference.attributes import fit_attributes
+
+    x = held_out[:24].copy()
+    x[..., 4] = False  # no strings anywhere
+    names, dirs, stats = fit_attributes(model, x.astype(np.float32))
+    assert dirs.shape == (len(names), model.cfg.mfg.latent)
+    assert not [n for n in names if n.startswith("Strings")]
+    skipped = stats["skipped"]
+    assert "always 0" in skipped["Strings.density"]
+    assert "0 segments play it" in skipped["Strings.range"]
+    with pytest.raises(ValueError, match="no attribute varies"):
+        fit_attributes(model, np.zeros((4, 4, 48, 84, 5), dtype=np.float32))

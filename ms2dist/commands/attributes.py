@@ -73,4 +73,6 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
         st = block["stats"][name]
         print(f"  {name:<18} {st['segments']:>6} segments, mean {st['mean']:.2f}, quartiles "
               f"{st['q25']:.2f}..{st['q75']:.2f}, |direction| {st['direction_norm']:.3f}")
+    for name, why in block["skipped"].items():
+        print(f"  {name:<18} left out: {why}")
     return 0

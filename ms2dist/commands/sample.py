@@ -29,7 +29,7 @@ from ms2dist.commands.sample_plans import Plan, infill_cells, plan_for, song_phr
 from ms2dist.inference.attributes import parse_attribute, shift_vector
 from ms2dist.inference.calibration import CalibrationError, rule_for_model
 from ms2dist.inference.modelio import layout_of, load_model
-from ms2dist.inference.modes import parse_form
+from ms2dist.inference.modes import ATTRIBUTE_MODES, parse_form
 from ms2dist.layout import parse_tracks
 from ms2dist.music.audio import AUDIO_FORMATS, AudioUnavailable, RenderError, require
 from ms2dist.music.files import DEFAULT_BPM, SampleFiles, notes_line
@@ -55,7 +55,6 @@ EPILOG = """examples:
 MODES = ("generate", "restore", "interpolate", "complete", "no-fusion", "song", "infill",
          "vary")
 INPUT_MODES = ("restore", "interpolate", "complete", "infill", "vary")
-ATTRIBUTE_MODES = ("generate", "restore", "song", "vary")
 
 EXIT_INTERRUPTED = 130
 

@@ -37,6 +37,8 @@ __all__ = ["KINDS", "MAX_PHRASES", "attribute_names", "segment_attributes",
 
 #: Data phrases read to fit the directions (each gives n_segments latents).
 MAX_PHRASES = 2000
+#: Fewest segments that must play a track for its attributes to get a direction.
+MIN_SEGMENTS = 8
 
 KINDS = ("density", "polyphony", "range")
 _MAX_ATTRIBUTE_SCALE = 10.0
@@ -79,7 +81,8 @@ def fit_attributes(model: Any, phrases: np.ndarray, batch_size: int = 64
 
     Returns the names, the directions ``(A, Z)`` (float32, CPU) and the JSON statistics
     (per attribute: segments used, the data's mean, std and quartiles, and the latent
-    distance between the quartile centres).
+    distance between the quartile centres; under ``"skipped"``, each attribute left out
+    and why: too few segments play its track, or it never varies).
     """
     tracks = TRACKS[: phrases.shape[-1]]
     mus = []
@@ -90,18 +93,20 @@ def fit_attributes(model: Any, phrases: np.ndarray, batch_size: int = 64
             mus.append(model.encode(x)[0].float().cpu())
     mu = torch.cat(mus).double()  # (N * S, Z)
     values = segment_attributes(phrases, model.n_segments, tracks)
-    names, dirs, stats = [], [], {}
+    names, dirs, stats, skipped = [], [], {}, {}
     for name in attribute_names(tracks):
         v = values[name]
         ok = ~np.isnan(v)
         vv = v[ok]
-        if len(vv) < 8:
-            continue  # too few segments play this track to say anything
+        if len(vv) < MIN_SEGMENTS:
+            skipped[name] = f"{len(vv)} segments play it (fewer than {MIN_SEGMENTS})"
+            continue
         q25, q75 = np.quantile(vv, [0.25, 0.75])
         top = vv >= q75 if q75 > q25 else vv > q25
-        bottom = vv <= q25 if q75 > q25 else vv <= q25
-        if not top.any() or not bottom.any():
-            continue  # the attribute never varies in the data
+        bottom = vv <= q25
+        if not top.any():
+            skipped[name] = f"it never varies in the data (always {q25:g})"
+            continue
         m = mu[torch.as_tensor(ok)]
         d = (m[torch.as_tensor(top)].mean(0) - m[torch.as_tensor(bottom)].mean(0)) / 2
         names.append(name)
@@ -111,6 +116,8 @@ def fit_attributes(model: Any, phrases: np.ndarray, batch_size: int = 64
                        "direction_norm": float(d.norm())}
     if not names:
         raise ValueError("no attribute varies in the data given (too few or silent phrases)")
+    if skipped:
+        stats["skipped"] = skipped
     return names, torch.stack(dirs), stats
 
 

@@ -182,8 +182,10 @@ def save_attributes(directory: str | Path, names: list[str], directions: torch.T
     save_file({"directions": directions.contiguous().float().cpu()}, str(tmp))
     tmp.chmod(0o644)  # as the model's other files (the writer makes it owner-only)
     tmp.replace(d / ATTRIBUTES_FILE)
+    stats = dict(stats)
     block = {"file": ATTRIBUTES_FILE, "names": list(names), "source": source,
-             "stats": dict(stats), "unit": "half the top-vs-bottom-quartile latent distance"}
+             "skipped": stats.pop("skipped", {}), "stats": stats,
+             "unit": "half the top-vs-bottom-quartile latent distance"}
     update_model_meta(d, {"attributes": block})
     return block
 

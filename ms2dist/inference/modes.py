@@ -33,9 +33,12 @@ from torch import Tensor
 
 from ms2dist.models.sandwich import binarize
 
-__all__ = ["LINK", "INFILL_ITERS", "sample_seeds", "decode_with_noise", "chain_cov",
-           "song", "infill", "vary", "parse_form", "parse_bars"]
+__all__ = ["LINK", "INFILL_ITERS", "ATTRIBUTE_MODES", "sample_seeds", "decode_with_noise",
+           "chain_cov", "song", "infill", "vary", "parse_form", "parse_bars"]
 
+#: The modes (of ``ms2dist sample`` and the pyfunc model) that take attribute shifts: those
+#: that decode a latent of their own choosing (an infill's latents are fixed by its context).
+ATTRIBUTE_MODES = ("generate", "restore", "song", "vary")
 #: Default correlation of the latents of neighbouring bars in a song or an infill (a
 #: segment of ``b`` bars links to the next by ``LINK ** b``). On ``pretrained:lpd5``, 0.98
 #: gives consecutive phrases about the pitch-class and density similarity of real songs

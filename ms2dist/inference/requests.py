@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ms2dist import TRACKS
+from ms2dist.inference.modes import ATTRIBUTE_MODES
 from ms2dist.layout import PhraseLayout, parse_tracks
 from ms2dist.music.files import DEFAULT_BPM
 from ms2dist.music.midi import _runs, write_midi
@@ -38,7 +39,6 @@ MODES = ("generate", "restore", "song", "infill", "vary")
 #: Modes that read ``phrases`` / that take ``n`` and ``temperature`` / ``attributes``.
 PHRASE_MODES = ("restore", "infill", "vary")
 COUNT_MODES = ("generate", "song")
-ATTRIBUTE_MODES = ("generate", "restore", "song", "vary")
 BINARIZE = ("calibrated", "threshold", "bernoulli")
 OUTPUTS = ("notes", "midi", "probabilities")
 #: Most samples one request may ask for (``n``) / phrases one restore may send: a bound on

@@ -45,9 +45,15 @@ def export(job: TrainJob, stage: Stage, cfg: RunConfig, accelerator: Any, object
               file=sys.stderr, flush=True)
         # ... and with its attribute vectors, fitted on the training split (`sample
         # --attribute`, ms2dist.inference.attributes); they travel with it into MLflow.
-        attrs = fit_attributes_dir(out, model, job.data / "train")
-        print(f"[ms2dist] attribute vectors: {', '.join(attrs['names'])}",
-              file=sys.stderr, flush=True)
+        try:
+            attrs = fit_attributes_dir(out, model, job.data / "train")
+            print(f"[ms2dist] attribute vectors: {', '.join(attrs['names'])}"
+                  + "".join(f"; {k} left out: {v}" for k, v in attrs["skipped"].items()),
+                  file=sys.stderr, flush=True)
+        except ValueError as e:  # e.g. a train split too small or silent: the model stands
+            print(f"[ms2dist] warning: no attribute vectors ({e}); fit them later with "
+                  f"`ms2dist attributes --model {out} --data TRAIN_SPLIT`",
+                  file=sys.stderr, flush=True)
     # Both stages end with previews of real samples (stage 1: its BVAEs' reconstructions
     # and prior samples; stage 2: restores and generations, played by the thresholds the
     # model ships with).
