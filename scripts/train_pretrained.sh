@@ -39,5 +39,6 @@ timed() { local name=$1 t0; shift; t0=$(date +%s); "$@"; echo "$name $(( $(date 
   --command "bash scripts/train_pretrained.sh" --preset "$PRESET" --mfg-kl "$MFG_KL" \
   --timings "$WORK/timings.txt"
 # The attribute vectors (`sample --attribute`), refitted on 4,000 training phrases (stage 2
-# fits them on 2,000 when it exports; the export above copies those).
+# fits them on 2,000 when it exports; the export above copies those), and each one's
+# response measured on 64 generated phrases per scale (meta.attributes.response).
 ms attributes --model "ms2dist/pretrained/$NAME" --data "$WORK/shards/train" --max-phrases 4000

@@ -209,10 +209,15 @@ def test_attributes_are_fitted_stored_and_refused_when_broken(tmp_path, lpd5_tes
     shutil.copytree(src, d)
     (d / "attributes.safetensors").unlink()
     out = run_ms2dist(["attributes", "--model", d, "--data", lpd5_test_small,
-                       "--max-phrases", "200"], env=ENV)
-    assert "Drums.density" in out.stdout
+                       "--max-phrases", "200", "--check-samples", "8"], env=ENV)
+    assert "Drums.density" in out.stdout and "response Spearman" in out.stdout
     meta = json.loads((d / "config.json").read_text())["meta"]["attributes"]
     assert meta["names"][0] == "Drums.density" and "200 phrases" in meta["source"]
+    # Each vector's measured response is stored with it, and printed as measured.
+    assert set(meta["response"]) == set(meta["names"])
+    r = meta["response"]["Drums.density"]
+    assert r["samples_per_scale"] == 8 and r["steers"] == (
+        r["spearman"] >= 0.9 and r["moved_std"] > r["others_moved_std"])
     from ms2dist.inference.modelio import load_model
 
     m = load_model(d)

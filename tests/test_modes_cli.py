@@ -111,10 +111,17 @@ def test_bad_requests_are_refused_with_the_reason(tmp_path, capsys, song_file, a
     assert not (tmp_path / "out").exists()
 
 
-def test_list_attributes(tmp_path, capsys):
+def test_list_attributes_and_a_vector_measured_not_to_steer(tmp_path, capsys):
     assert _sample(tmp_path / "o", "--list-attributes") == 0
     text = capsys.readouterr().out
     assert "Drums.density" in text and "Strings.range" in text
+    # The shipped model's measured responses (ms2dist attributes): Bass.density is a dud.
+    assert "Bass.density" in text and text.count("does NOT steer") == 2
+    assert _sample(tmp_path / "b", "--attribute", "Bass.density=1", "--n", 1) == 0
+    err = capsys.readouterr().err
+    assert "warning: Bass.density was measured not to steer this model" in err
+    assert _sample(tmp_path / "d", "--attribute", "Drums.density=1", "--n", 1) == 0
+    assert "measured not to steer" not in capsys.readouterr().err
 
 
 def test_pyfunc_predicts_every_mode_deterministically(song_file):

@@ -195,6 +195,14 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     except ValueError as e:
         return _fail(str(e))
     shift = shift_vector(available or {}, scales)
+    response = meta.get("attributes", {}).get("response", {})
+    for name in scales:  # measured by `ms2dist attributes`: say so when a vector is a dud
+        r = response.get(name)
+        if r is not None and not r.get("steers", True):
+            print(f"ms2dist sample: warning: {name} was measured not to steer this model "
+                  f"(over scales -2..+2: Spearman {r['spearman']}, moves {r['moved_std']} "
+                  f"std against {r['others_moved_std']} for the other tracks): expect "
+                  f"little change", file=sys.stderr)
     try:
         rule = rule_for_model(meta, args.binarize, args.threshold, label=str(args.model))
     except CalibrationError as e:
@@ -247,12 +255,15 @@ def _list_attributes(label: Any, available: dict | None, meta: dict) -> int:
         print(f"{label} has no attribute vectors (fit them with `ms2dist attributes --model "
               f"DIR --data TRAIN_SPLIT`)")
         return 0
-    stats = meta.get("attributes", {}).get("stats", {})
+    block = meta.get("attributes", {})
+    stats, response = block.get("stats", {}), block.get("response", {})
     print(f"attribute vectors of {label} (use --attribute NAME=SCALE, scale -10..10):")
     for name in available:
-        st = stats.get(name, {})
+        st, r = stats.get(name, {}), response.get(name)
+        said = "" if r is None else (f"; measured response Spearman {r['spearman']}"
+                                     + ("" if r["steers"] else ", does NOT steer"))
         print(f"  {name:<18} data mean {st.get('mean', float('nan')):.2f}, quartiles "
-              f"{st.get('q25', float('nan')):.2f}..{st.get('q75', float('nan')):.2f}")
+              f"{st.get('q25', float('nan')):.2f}..{st.get('q75', float('nan')):.2f}{said}")
     return 0
 
 
