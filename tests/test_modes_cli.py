@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_audio import fluidsynth  # noqa: F401  (the real renderer; fails under CI if missing)
 
 from ms2dist.music.midi import read_midi
 
@@ -184,3 +185,19 @@ def test_evaluate_measures_the_modes_and_logs_them(tmp_path, lpd5_test_small):
     assert vary == sorted(f1)
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"modes.md", "modes.json"} <= arts
+
+
+def test_a_song_is_heard_for_its_whole_length(fluidsynth, tmp_path):  # noqa: F811
+    """``--mode song --audio``: FluidSynth renders the one MIDI file of the song, as long as
+    its bars (plus the release tail), with sound in its first and last phrase."""
+    from test_audio import PAD_MAX_S, _rms, _samples
+
+    from ms2dist.music.audio import TAIL_S
+
+    out = tmp_path / "s"
+    assert _sample(out, "--mode", "song", "--bars", 8, "--n", 1, "--audio", "wav",
+                   "--no-png", "--tempo", 120) == 0
+    x = _samples(out / "song_000.wav")
+    seconds = 8 * 4 * 60 / 120
+    assert seconds + TAIL_S <= len(x) / 44100 <= seconds + TAIL_S + PAD_MAX_S
+    assert _rms(x, 0, seconds / 2) > 0.003 and _rms(x, seconds / 2, seconds) > 0.003
