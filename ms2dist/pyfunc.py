@@ -131,6 +131,10 @@ class MidiSandwich2Pyfunc:
         except (RequestError, CalibrationError) as e:
             raise _bad_request(str(e)) from None
         if all(isinstance(a, np.ndarray) for a in answers):
+            if len({a.shape[1:] for a in answers}) > 1:  # songs of other lengths, phrases
+                raise _bad_request("output probabilities of requests of different lengths "
+                                   "(songs of other bars, or songs and phrases) cannot be "
+                                   "answered in one call; send them separately")
             return np.concatenate(answers) if len(answers) > 1 else answers[0]
         if any(isinstance(a, np.ndarray) for a in answers):
             raise _bad_request("output probabilities cannot be mixed with notes or midi in "
@@ -142,7 +146,6 @@ class MidiSandwich2Pyfunc:
         m = self.model
         shift = shift_vector(self.attributes or {}, r.attributes or {})
         x = None if r.phrases is None else torch.as_tensor(r.phrases, device=m.device)
-        link = modes.LINK if r.link is None else r.link
         if r.mode == "generate" and shift is None:
             return m.generate(r.n, temperature=r.temperature, seed=r.seed)
         if r.mode == "generate":  # model.generate's draws, moved along the attributes
@@ -156,11 +159,11 @@ class MidiSandwich2Pyfunc:
             return m.decode(mu + shift.to(mu), sample_bvae=False)
         if r.mode == "song":
             return modes.song(m, modes.sample_seeds(r.seed, 0, r.n),
-                              r.song_bars // m.cfg.n_bars, form=r.form, link=link,
+                              r.song_bars // m.cfg.n_bars, form=r.form, link=r.link,
                               temperature=r.temperature, shift=shift)
         seeds = modes.sample_seeds(r.seed, 0, len(x))
         if r.mode == "infill":
-            return modes.infill(m, x, r.infill_bars, r.tracks, seeds, link=link)
+            return modes.infill(m, x, r.infill_bars, r.tracks, seeds, link=r.link)
         return modes.vary(m, x, r.amount, seeds, shift=shift)
 
     def _answer(self, r: Request, index: int) -> np.ndarray | list[dict[str, Any]]:
@@ -172,9 +175,9 @@ class MidiSandwich2Pyfunc:
         g = torch.Generator().manual_seed(r.seed)
         binary = rule.apply(probs, generator=g).numpy().astype(bool)
         if r.mode == "infill":  # every cell not infilled comes back as sent
-            keep = np.ones(binary.shape[1:], dtype=bool)
-            keep[np.asarray(r.infill_bars)[:, None], :, :, np.asarray(r.tracks)[None, :]] = False
-            binary = np.where(keep, r.phrases > 0.5, binary)
+            regen = modes.infill_mask(binary.shape[1], binary.shape[-1], r.infill_bars,
+                                      r.tracks).numpy()[:, None, None, :]
+            binary = np.where(regen, binary, r.phrases > 0.5)
         encode = notes_answer if r.output == "notes" else midi_answer
         return [encode(b, self.layout, request=index, sample=j) for j, b in enumerate(binary)]
 

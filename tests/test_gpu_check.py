@@ -20,7 +20,8 @@ def test_gpu_check_on_cpu_prints_every_setting_with_finite_figures() -> None:
     r = _check("--device", "cpu", "--quick")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert " passed" in r.stdout and " failed" not in r.stdout
-    rows = [line.split("|")[1:-1] for line in r.stdout.splitlines()
+    steps_out, trainers_out = r.stdout.split("ms2dist train (accelerate launch")
+    rows = [line.split("|")[1:-1] for line in steps_out.splitlines()
             if line.startswith("| ") and "workload" not in line]
     got = {(c[0].strip(), c[1].strip()) for c in rows}
     want = {(w, p) for w in ("vrae", "refine-separate", "refine", "stage2")
@@ -29,6 +30,12 @@ def test_gpu_check_on_cpu_prints_every_setting_with_finite_figures() -> None:
     for c in rows:
         assert float(c[2]) > 0 and float(c[3]) > 0, c  # phrases/s, TFLOP/s
         assert float(c[5]) == float(c[5]) and abs(float(c[5])) < 1e9, c  # a finite loss
+    # The real trainers, per phase and precision, from their own metrics.jsonl.
+    rows = [line.split("|")[1:-1] for line in trainers_out.splitlines()
+            if line.startswith("| ") and "trainer phase" not in line]
+    assert {(c[0].strip(), c[1].strip()) for c in rows} == {
+        (ph, "fp32") for ph in ("vrae", "refine", "stage2")}  # --quick: one precision
+    assert all(float(c[2]) > 0 and float(c[3]) > 0 for c in rows), rows
 
 
 def test_gpu_check_refuses_an_unknown_argument_and_cuda_without_a_gpu() -> None:

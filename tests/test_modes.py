@@ -108,6 +108,35 @@ def test_attribute_requests_are_checked():
     assert shift_vector(avail, {}) is None
 
 
+@torch.no_grad()
+def test_device_modes_give_the_cpu_result():
+    """``MS2DIST_TEST_DEVICE=cuda`` (bench/gpu_check.sh): song, infill and vary of a small
+    random model on the device equal the CPU's (the noise is drawn on the CPU)."""
+    import os
+
+    from ms2dist.configs import get_preset
+    from ms2dist.models import MidiSandwich2
+
+    device = torch.device(os.environ.get("MS2DIST_TEST_DEVICE", "cpu"))
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    cpu = MidiSandwich2(get_preset("tiny")).eval()
+    dev = MidiSandwich2(get_preset("tiny")).to(device).eval()
+    dev.load_state_dict(cpu.state_dict())
+    seeds = modes.sample_seeds(1, 0, 2)
+    x = (torch.rand(2, 4, 48, 84, 5, generator=torch.Generator().manual_seed(0)) < 0.05
+         ).float()
+    for name, fn in (("song", lambda m, x: modes.song(m, seeds, 2, form="AB")),
+                     ("infill", lambda m, x: modes.infill(m, x, [1, 2], [1, 3], seeds)),
+                     ("infill-prior", lambda m, x: modes.infill(m, x, [0, 1, 2, 3],
+                                                                [0, 1, 2, 3, 4], seeds)),
+                     ("vary", lambda m, x: modes.vary(m, x, 0.4, seeds))):
+        want = fn(cpu, x)
+        got = fn(dev, x.to(device)).cpu()
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)
+
+
 # ------------------------------------------------- the shipped model, real songs
 
 

@@ -103,6 +103,10 @@ def test_vary_and_attributes_change_what_they_say(tmp_path, song_file):
     (["--mode", "generate", "--attribute", "Drums.range=1"], "unknown attribute 'Drums.range'"),
     (["--mode", "generate", "--tracks", "Piano"], "--tracks applies to --mode infill"),
     (["--mode", "song", "--link", "1.2"], "--link must be in [0, 1)"),
+    (["--mode", "song", "--temperature", "0"], "--temperature must be in (0, 10]"),
+    (["--attribute", "Drums.density=1", "--attribute", "Drums.density=2"],
+     "--attribute Drums.density is given twice"),
+    (["--mode", "infill", "--bars", "1", "--tracks", "", "--input", "SONG"], "--tracks"),
 ])
 def test_bad_requests_are_refused_with_the_reason(tmp_path, capsys, song_file, args, message):
     args = [str(song_file) if a == "SONG" else a for a in args]
@@ -154,7 +158,13 @@ def test_pyfunc_predicts_every_mode_deterministically(song_file):
                          ({"mode": "infill", "phrases": x, "bars": "0"}, "bars must lie"),
                          ({"mode": "song", "amount": 0.1}, "amount applies to mode vary"),
                          ({"mode": "generate", "attributes": "Bass.loud=1"},
-                          "unknown attribute")):
+                          "unknown attribute"),
+                         ({"mode": "song", "n": 4, "bars": 128}, "at most 64 \\(256 bars\\)"),
+                         ({"mode": "song", "form": "\u00dfA", "bars": 8}, "letters only"),
+                         ([{"mode": "generate", "n": 64}] * 5, "320 phrases; one call"),
+                         ([{"mode": "song", "bars": 8, "output": "probabilities"},
+                           {"mode": "generate", "output": "probabilities"}],
+                          "different lengths")):
         with pytest.raises(MlflowException, match=message):
             m.predict(bad)
 

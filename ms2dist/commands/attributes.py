@@ -82,7 +82,8 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
         block = fit_attributes_dir(model_dir, model, data, args.max_phrases, args.batch_size)
     except (FileNotFoundError, ValueError) as e:
         return _fail(f"--data {args.data}: {e}")
-    response = _measure(model_dir, args.check_samples) if args.check_samples else {}
+    response = _measure(model_dir, args.check_samples, args.device) \
+        if args.check_samples else {}
     print(f"attribute vectors of {model_dir}, fitted on {block['source']}:")
     for name in block["names"]:
         st = block["stats"][name]
@@ -99,9 +100,9 @@ def main(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def _measure(model_dir: Path, n: int) -> dict[str, dict[str, Any]]:
+def _measure(model_dir: Path, n: int, device: str) -> dict[str, dict[str, Any]]:
     """Each vector's response on ``n`` generated phrases per scale, stored with the model."""
-    model = load_model(model_dir)  # as a user will load it: with the vectors just written
+    model = load_model(model_dir, device)  # as a user will: with the vectors just written
     rule = rule_for_model(model.ms2dist_meta)
     with torch.no_grad():
         check = attribute_check(model, lambda p: rule.apply(p).cpu().numpy(),

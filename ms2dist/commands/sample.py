@@ -29,7 +29,7 @@ from ms2dist.commands.sample_plans import Plan, infill_cells, plan_for, song_phr
 from ms2dist.inference.attributes import parse_attribute, shift_vector
 from ms2dist.inference.calibration import CalibrationError, rule_for_model
 from ms2dist.inference.modelio import layout_of, load_model
-from ms2dist.inference.modes import ATTRIBUTE_MODES, parse_form
+from ms2dist.inference.modes import ATTRIBUTE_MODES, infill_mask, parse_form
 from ms2dist.layout import parse_tracks
 from ms2dist.music.audio import AUDIO_FORMATS, AudioUnavailable, RenderError, require
 from ms2dist.music.files import DEFAULT_BPM, SampleFiles, notes_line
@@ -75,11 +75,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True,
                    help="folder for the samples, their indexes and index.html")
     p.add_argument("--input", nargs="*", type=Path, default=[],
-                   help="song files (.npz LPD or .mid) for restore/interpolate/complete")
+                   help="song files (.npz LPD or .mid) for restore, interpolate, complete, "
+                   "infill and vary")
     p.add_argument("--format", default="auto", choices=FORMATS,
                    help="how to read --input (auto: from the file name)")
     p.add_argument("--temperature", type=float, default=1.0,
-                   help="scale of the prior noise (generate, no-fusion): lower is tamer")
+                   help="scale of the prior noise (generate, no-fusion, song): lower is tamer")
     p.add_argument("--keep", default="Piano", help="complete: comma-separated tracks to keep")
     p.add_argument("--bars", default=None,
                    help="song: its length in bars, a multiple of the phrase (default 8 "
@@ -151,8 +152,12 @@ def _argument_error(args: argparse.Namespace) -> str | None:
         return "--mode vary needs --amount in 0..1 (0: the restore, 1: unrelated)"
     if args.amount is not None and not 0.0 <= args.amount <= 1.0:
         return f"--amount must be in 0..1 (0: the restore, 1: unrelated), got {args.amount:g}"
-    if args.mode == "song" and not args.temperature > 0:
-        return f"--temperature must be positive, got {args.temperature:g}"
+    if not 0 < args.temperature <= 10:  # NaN fails too
+        return f"--temperature must be in (0, 10], got {args.temperature:g}"
+    names = [a.partition("=")[0].strip() for a in args.attribute]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        return f"--attribute {twice[0]} is given twice; give each attribute once"
     if args.tempo is not None and not args.tempo > 0:
         return f"--tempo must be positive, got {args.tempo}"
     if args.audio:  # checked before any work: a missing package must not cost a model load
@@ -244,9 +249,7 @@ def _keep_mask(args: argparse.Namespace, n_bars: int, n_tracks: int
         return keep, kept
     if args.mode == "infill":
         bars, tracks = infill_cells(args.bars, args.tracks, n_bars)
-        keep = torch.ones(n_bars, n_tracks, dtype=torch.bool)
-        keep[torch.as_tensor(bars)[:, None], torch.as_tensor(tracks)[None, :]] = False
-        return keep, None
+        return ~infill_mask(n_bars, n_tracks, bars, tracks), None
     return None, None
 
 

@@ -239,17 +239,15 @@ def infill_cells(bars: str | None, tracks: str | None, n_bars: int
     if bars is None:
         raise ValueError(f"--mode infill needs --bars, the bars to regenerate (1..{n_bars}, "
                          f"e.g. --bars 3-4)")
-    names = parse_tracks(tracks, "--tracks") if tracks else list(TRACKS)
+    names = parse_tracks(tracks, "--tracks") if tracks is not None else list(TRACKS)
     return modes.parse_bars(bars, n_bars), [TRACKS.index(t) for t in names]
 
 
 def _song_plan(model: Any, args: argparse.Namespace, refine: bool,
                shift: torch.Tensor | None) -> Plan:
     n_phrases = song_phrases(args.bars, model.cfg.n_bars)
-    link = modes.LINK if args.link is None else args.link
-
     def compute(c: list[Any]) -> torch.Tensor:
-        return modes.song(model, c[0], n_phrases, form=args.form, link=link,
+        return modes.song(model, c[0], n_phrases, form=args.form, link=args.link,
                           temperature=args.temperature, shift=shift, refine=refine)
 
     form = f", form {args.form}" if args.form else ""
@@ -273,10 +271,8 @@ def _seeded_input_plan(model: Any, args: argparse.Namespace, songs: list, refine
         return Plan(len(x), inputs, compute,
                     lambda i: f"phrase {i} varied by {args.amount:g}", x)
     bars, tracks = infill_cells(args.bars, args.tracks, model.cfg.n_bars)
-    link = modes.LINK if args.link is None else args.link
-
     def compute_infill(c: list[Any]) -> torch.Tensor:
-        return modes.infill(model, c[0], bars, tracks, c[1], link=link, refine=refine)
+        return modes.infill(model, c[0], bars, tracks, c[1], link=args.link, refine=refine)
 
     which = args.tracks or "all tracks"
     return Plan(len(x), inputs, compute_infill,

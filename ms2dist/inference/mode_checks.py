@@ -81,7 +81,7 @@ def phrase_links(songs: Sequence[np.ndarray], lowest_pitch: int = 24) -> dict[st
 
 def song_check(model: Any, notes: Notes, real_songs: Sequence[np.ndarray], *,
                n_songs: int = 16, n_phrases: int = 8, seed: int = 0,
-               link: float = modes.LINK, batch_size: int = 8) -> dict[str, Any]:
+               link: float | None = None, batch_size: int = 8) -> dict[str, Any]:
     """Consecutive-phrase similarity of our songs, independent phrases and real songs."""
     n_bars = model.cfg.n_bars
 
@@ -93,6 +93,7 @@ def song_check(model: Any, notes: Notes, real_songs: Sequence[np.ndarray], *,
             out += [s.reshape(n_phrases, n_bars, *s.shape[1:]) for s in notes(p)]
         return out
 
+    link = modes.LINK if link is None else link
     rows = {f"ours (link {link:.2f})": phrase_links(ours(link)),
             "independent phrases": phrase_links(ours(0.0)),
             "real songs": phrase_links(real_songs)}
@@ -119,8 +120,8 @@ def infill_check(model: Any, notes: Notes, phrases: np.ndarray, bars: Sequence[i
         fresh.append(notes(modes.song(model, seeds, 1, link=0.0)))
     got, new = np.concatenate(filled), np.concatenate(fresh)
     b, t = list(bars), list(tracks)
-    mask = np.zeros(x.shape[1:], dtype=bool)  # the regenerated cells
-    mask[np.asarray(b)[:, None], :, :, np.asarray(t)[None, :]] = True
+    regen = modes.infill_mask(x.shape[1], x.shape[-1], b, t).numpy()
+    mask = np.broadcast_to(regen[:, None, None, :], x.shape[1:])  # the regenerated cells
     kept_same = bool((got[:, ~mask] == x[:, ~mask]).all())
 
     def cut(v: np.ndarray) -> np.ndarray:

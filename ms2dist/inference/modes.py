@@ -34,7 +34,7 @@ from torch import Tensor
 from ms2dist.models.sandwich import binarize
 
 __all__ = ["LINK", "INFILL_ITERS", "ATTRIBUTE_MODES", "sample_seeds", "decode_with_noise",
-           "chain_cov", "song", "infill", "vary", "parse_form", "parse_bars"]
+           "chain_cov", "song", "infill", "vary", "infill_mask", "parse_form", "parse_bars"]
 
 #: The modes (of ``ms2dist sample`` and the pyfunc model) that take attribute shifts: those
 #: that decode a latent of their own choosing (an infill's latents are fixed by its context).
@@ -58,7 +58,7 @@ def sample_seeds(seed: int, start: int, k: int) -> list[int]:
                 >> np.uint64(1)) for i in range(start, start + k)]
 
 
-class _Noise:
+class _SampleNoise:
     """One CPU generator per sample; ``normal(shape)`` -> ``(k, *shape)`` on the model."""
 
     def __init__(self, seeds: Sequence[int], model: Any) -> None:
@@ -88,16 +88,17 @@ def _chain_draw(cov: Tensor, known: Sequence[int], z_known: Tensor | None,
                 unknown: Sequence[int], eps: Tensor) -> Tensor:
     """Latents at positions ``unknown`` given those at ``known`` (``(k, K, Z)``), under the
     Gaussian with covariance ``cov``; ``eps`` ``(k, U, Z)`` standard normal."""
-    u = torch.as_tensor(list(unknown))
+    cov = cov.to(eps.device)  # float64 on the model's device (the draw's)
+    u = torch.as_tensor(list(unknown), device=eps.device)
     if len(known) == 0:
         mean = torch.zeros_like(eps)
         c = cov[u][:, u]
     else:
-        kk = torch.as_tensor(list(known))
+        kk = torch.as_tensor(list(known), device=eps.device)
         a = torch.linalg.solve(cov[kk][:, kk], cov[kk][:, u]).T  # (U, K)
         c = cov[u][:, u] - a @ cov[kk][:, u]
         mean = torch.einsum("uk,bkz->buz", a.to(eps.dtype), z_known)
-    chol = torch.linalg.cholesky(c + 1e-9 * torch.eye(len(u), dtype=c.dtype))
+    chol = torch.linalg.cholesky(c + 1e-9 * torch.eye(len(u), dtype=c.dtype, device=c.device))
     return mean + torch.einsum("uv,bvz->buz", chol.to(eps.dtype), eps)
 
 
@@ -106,7 +107,7 @@ def parse_form(form: str | None, n_phrases: int) -> list[int]:
     over 8 phrases -> ``[0, 0, 0, 0, 1, 1, 0, 0]``; ``None`` -> one section."""
     if not form:
         return [0] * n_phrases
-    if not form.isalpha():
+    if not (form.isascii() and form.isalpha()):
         raise ValueError(f"--form {form!r}: use letters only, one per section (e.g. AABA)")
     if n_phrases % len(form):
         raise ValueError(f"--form {form!r} has {len(form)} sections but the song has "
@@ -135,17 +136,27 @@ def parse_bars(spec: str, n_bars: int) -> list[int]:
     return sorted(bars)
 
 
+def infill_mask(n_bars: int, n_tracks: int, bars: Sequence[int], tracks: Sequence[int]
+                ) -> Tensor:
+    """``(n_bars, n_tracks)`` bool: True on the cells an infill regenerates."""
+    regen = torch.zeros(n_bars, n_tracks, dtype=torch.bool)
+    regen[torch.as_tensor(list(bars))[:, None], torch.as_tensor(list(tracks))[None, :]] = True
+    return regen
+
+
 def song(model: Any, seeds: Sequence[int], n_phrases: int, *, form: str | None = None,
-         link: float = LINK, temperature: float = 1.0, shift: Tensor | None = None,
+         link: float | None = None, temperature: float = 1.0, shift: Tensor | None = None,
          refine: bool = True) -> Tensor:
     """``len(seeds)`` songs of ``n_phrases`` phrases: probabilities
     ``(k, n_phrases * bars, T, P, tracks)``.
 
     The latents of the distinct sections' segments, in order of first appearance, are one
     AR(1) chain of correlation ``link`` (0: independent phrases); a repeated section
-    reuses its latents and its BVAE noise. ``shift`` (``(Z,)``) is added to every latent
-    (attribute control).
+    reuses its latents and its BVAE noise, so the chain jumps where the form returns to a
+    section (B -> A). ``link`` None is :data:`LINK`. ``shift`` (``(Z,)``) is added to every
+    latent (attribute control).
     """
+    link = LINK if link is None else link
     if not 0.0 <= link < 1.0:
         raise ValueError(f"link must be in [0, 1), got {link}")
     sections = parse_form(form, n_phrases)
@@ -153,7 +164,7 @@ def song(model: Any, seeds: Sequence[int], n_phrases: int, *, form: str | None =
     L, Z = model.cfg.bvae.latent, model.cfg.mfg.latent
     per = n_phrases // len(form) if form else n_phrases  # phrases per section
     n_pos = (max(sections) + 1) * per * S
-    noise = _Noise(seeds, model)
+    noise = _SampleNoise(seeds, model)
     eps, e_bvae = noise.normal(n_pos, Z), noise.normal(n_pos, T * L)
     cov = chain_cov(n_pos, link ** (model.cfg.n_bars // S))
     chain = temperature * _chain_draw(cov, [], None, range(n_pos), eps)
@@ -175,27 +186,31 @@ def song(model: Any, seeds: Sequence[int], n_phrases: int, *, form: str | None =
 
 
 def infill(model: Any, x: Tensor, bars: Sequence[int], tracks: Sequence[int],
-           seeds: Sequence[int], *, link: float = LINK, n_iter: int | None = None,
+           seeds: Sequence[int], *, link: float | None = None, n_iter: int | None = None,
            threshold: float = 0.5, refine: bool = True, sample: bool = True) -> Tensor:
     """Regenerate ``bars`` (0-based) of ``tracks`` in each phrase of ``x``
     ``(k, bars, T, P, tracks)``; every other cell comes back as it was, bit for bit.
 
     Returns probabilities of ``x``'s shape (the kept cells: ``x`` itself, as floats).
+    ``link`` None is :data:`LINK`; ``n_iter`` None: :data:`INFILL_ITERS` round trips when
+    no segment is kept whole, else none (a partly kept segment is then drawn from its
+    neighbours alone, without seeing its own kept tracks); ``threshold`` binarises between
+    round trips, ``sample`` False runs them on posterior means.
     """
+    link = LINK if link is None else link
     if not 0.0 <= link < 1.0:
         raise ValueError(f"link must be in [0, 1), got {link}")
     x = x.float()
     k, n_bars, n_tracks = x.shape[0], x.shape[1], x.shape[-1]
     S, Z = model.n_segments, model.cfg.mfg.latent
     bps = n_bars // S
-    regen = torch.zeros(n_bars, n_tracks, dtype=torch.bool, device=x.device)
-    regen[torch.as_tensor(list(bars))[:, None], torch.as_tensor(list(tracks))[None, :]] = True
+    regen = infill_mask(n_bars, n_tracks, bars, tracks).to(x.device)
     seg = regen.view(S, bps, n_tracks)
     touched = [s for s in range(S) if seg[s].any()]
     known = [s for s in range(S) if s not in touched]
     partial = [s for s in touched if not seg[s].all()]
     cells = regen[:, None, None, :]  # broadcasts over (k, bars, T, P, tracks)
-    noise = _Noise(seeds, model)
+    noise = _SampleNoise(seeds, model)
     eps = noise.normal(len(touched), Z)
     e_bvae = noise.normal(S, n_tracks, model.cfg.bvae.latent)
 
@@ -229,7 +244,7 @@ def vary(model: Any, x: Tensor, amount: float, seeds: Sequence[int], *,
         raise ValueError(f"--amount must be in 0..1, got {amount}")
     S, T = model.n_segments, model.cfg.n_tracks
     Z, L = model.cfg.mfg.latent, model.cfg.bvae.latent
-    noise = _Noise(seeds, model)
+    noise = _SampleNoise(seeds, model)
     e_post, e_prior, e_bvae = noise.normal(S, Z), noise.normal(S, Z), noise.normal(S, T, L)
     mu_z, logvar_z = model.encode(x.float())
     z_restore = mu_z + (0.5 * logvar_z).exp() * e_post.flatten(0, 1)

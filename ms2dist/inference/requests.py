@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 import tempfile
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ MAX_PHRASES = 64
 MAX_TEMPERATURE = 10.0
 #: Longest song one request may ask for, in bars.
 MAX_SONG_BARS = 256
+#: Most phrases one call may produce, all its requests together.
+MAX_CALL_PHRASES = 4 * MAX_N
 
 #: Every key a request may carry, with what it is.
 FIELDS: dict[str, str] = {
@@ -192,7 +195,8 @@ def _check_row(row: Mapping[str, Any], defaults: Mapping[str, Any], layout: Phra
         if key in vals and mode not in modes_of_key:
             raise RequestError(f"{where}: {key} applies to mode {' or '.join(modes_of_key)}, "
                                f"not {mode}" + ("; one sample comes back per phrase sent"
-                                                if mode in PHRASE_MODES else ""))
+                                                if mode in PHRASE_MODES and key == "n"
+                                                else ""))
     if mode in PHRASE_MODES:
         if get["phrases"] is None:
             raise RequestError(f"{where}: mode {mode} needs phrases "
@@ -247,6 +251,11 @@ def _latent_fields(mode: str, get: Mapping[str, Any], layout: PhraseLayout,
             if form is not None and not isinstance(form, str):
                 raise RequestError(f"{where}: form={form!r} is not a string ({FIELDS['form']})")
             parse_form(form, total // layout.n_bars)
+            n = _integer("n", get["n"], 1, MAX_N, where)
+            if n * (total // layout.n_bars) > MAX_N:
+                raise RequestError(f"{where}: n={n} songs of {total} bars are "
+                                   f"{n * total // layout.n_bars} phrases; one request may "
+                                   f"ask for at most {MAX_N} ({MAX_N * layout.n_bars} bars)")
             out.update(song_bars=total, form=form or None)
         if mode == "infill":
             if get["bars"] is None:
@@ -284,7 +293,9 @@ def _latent_fields(mode: str, get: Mapping[str, Any], layout: PhraseLayout,
         if isinstance(e, RequestError):
             raise
         # The CLI's messages name its flags (--bars); a request names its keys.
-        raise RequestError(f"{where}: {str(e).replace('--', '')}") from None
+        msg = re.sub(r"--(bars|form|tracks|amount|link)\b", r"\1", str(e))
+        msg = msg.replace("--attribute ", "attributes: ")
+        raise RequestError(f"{where}: {msg}") from None
     return out
 
 
@@ -370,9 +381,22 @@ def parse_requests(model_input: Any, params: Mapping[str, Any] | None,
     rows = _rows(model_input)
     if len(rows) > MAX_PHRASES:
         raise RequestError(f"{len(rows)} requests in one call; send at most {MAX_PHRASES}")
-    return [_check_row(r, params, layout, attributes,
-                       f"request {i}" if len(rows) > 1 else "request")
-            for i, r in enumerate(rows)]
+    requests = [_check_row(r, params, layout, attributes,
+                           f"request {i}" if len(rows) > 1 else "request")
+                for i, r in enumerate(rows)]
+    total = sum(_phrases_out(r, layout) for r in requests)
+    if total > MAX_CALL_PHRASES:
+        raise RequestError(f"the {len(requests)} requests of this call ask for {total} "
+                           f"phrases; one call may ask for at most {MAX_CALL_PHRASES}: "
+                           f"split it")
+    return requests
+
+
+def _phrases_out(r: Request, layout: PhraseLayout) -> int:
+    """How many phrases answering ``r`` produces."""
+    if r.phrases is not None:
+        return len(r.phrases)
+    return r.n * (r.song_bars // layout.n_bars if r.song_bars else 1)
 
 
 def notes_answer(binary: np.ndarray, layout: PhraseLayout, bpm: float = DEFAULT_BPM,

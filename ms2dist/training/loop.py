@@ -152,6 +152,8 @@ def train(job: TrainJob) -> int:
             if step % cfg.train.log_every == 0 or step == stop_at:
                 dt = time.perf_counter() - t_last
                 last_logs["phrases_per_s"] = n_last / max(dt, 1e-9)
+                if device.type == "cuda":  # what a GPU run is sized by (bench/gpu_check.sh)
+                    last_logs["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                 t_last, n_last = time.perf_counter(), 0
                 bar.set_postfix(loss=f"{last_logs['loss']:.4f}",
                                 phr_s=f"{last_logs['phrases_per_s']:.0f}")
