@@ -6,9 +6,14 @@ Workloads per preset, each one optimiser-free training step on a random {0,1} ba
 tracks (the phases of ``ms2dist train stage1`` and stage 2):
 
 - ``vrae``: the stage-1 VRAE phase (BCE + KL, gradients through the VRAEs).
-- ``refine-separate`` / ``refine``: the refine phase (frozen VRAE forward, refine nets
-  trained), the five refine nets one after another (before) and as one grouped convolution
-  stack (after, ``models/grouped.py``, the trainer's default).
+- ``refine-*``: the refine phase (frozen VRAE forward, refine nets trained) four ways:
+  ``refine-before`` the five refine nets one after another through their explicit-padding
+  modules (the trainer before grouping); ``refine-grouped-padded`` one grouped convolution
+  per layer over explicitly padded activations (the first grouped version);
+  ``refine-separate`` net by net with :func:`ms2dist.models.bvae.same_conv` (what the
+  shared-BVAE ablation and ``--train.grouped_refine=false`` run); ``refine`` grouped with
+  ``same_conv`` (``models/grouped.py``, the trainer's default). The two older paths are
+  reproduced here by swapping the functions for the step, not kept in the package.
 - ``stage2``: frozen BVAE encoders (no grad) + MFG-VAE forward and backward.
 
 FLOPs are counted analytically (multiply-add = 2 FLOPs), forward only, then a backward pass is
@@ -35,6 +40,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -42,10 +48,29 @@ from ms2dist.configs import get_preset  # noqa: E402
 from ms2dist.models import (  # noqa: E402
     MidiSandwich2,
     ModelConfig,
+    grouped,  # noqa: E402
     n_params,
     stage2_loss,
 )
+from ms2dist.models.bvae import RefineNet  # noqa: E402
 from ms2dist.models.losses import stage1_losses  # noqa: E402
+
+WORKLOADS = ["vrae", "refine-before", "refine-grouped-padded", "refine-separate", "refine",
+             "stage2"]
+
+
+def _padded_forward(self: RefineNet, probs: torch.Tensor) -> torch.Tensor:
+    """RefineNet.forward before same_conv: every layer pads a copy of its input."""
+    h = self.units(self.stem(probs.unsqueeze(1)))
+    out = self.head(torch.relu(h)).squeeze(1)
+    return out + torch.logit(probs, eps=1e-6) if self.skip else out
+
+
+def _padded_grouped_conv(h: torch.Tensor, convs) -> torch.Tensor:
+    """The first grouped layer: explicit F.pad, then conv3d(groups=k)."""
+    weight = torch.cat([c[1].weight for c in convs])
+    bias = torch.cat([c[1].bias for c in convs]) if convs[0][1].bias is not None else None
+    return F.conv3d(F.pad(h, convs[0][0].padding), weight, bias, groups=len(convs))
 
 
 def lstm_flops(steps: int, inp: int, h: int, dirs: int = 1) -> float:
@@ -118,16 +143,27 @@ def matmul_peak(repeats: int = 5, n: int = 2048) -> float:
 def make_step(model: MidiSandwich2, x: torch.Tensor, workload: str):
     tracks = list(range(model.cfg.n_tracks))
 
-    def step() -> None:
+    def run() -> None:
         model.zero_grad(set_to_none=True)
         if workload == "stage2":
             loss = stage2_loss(model, x, kl_weight=1.0, free_bits=0.0)[0]
         else:
             phase = "vrae" if workload == "vrae" else "refine"
-            losses, _ = stage1_losses(model, x, tracks, phase=phase,
-                                      grouped=workload == "refine")
+            losses, _ = stage1_losses(model, x, tracks, phase=phase, grouped=workload in (
+                "refine", "refine-grouped-padded"))
             loss = torch.stack(losses).sum()
         loss.backward()
+
+    def step() -> None:
+        forward, conv = RefineNet.forward, grouped.same_conv
+        if workload == "refine-before":
+            RefineNet.forward = _padded_forward
+        elif workload == "refine-grouped-padded":
+            grouped.same_conv = _padded_grouped_conv
+        try:
+            run()
+        finally:
+            RefineNet.forward, grouped.same_conv = forward, conv
 
     return step
 
@@ -161,8 +197,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=["tiny", "paper"])
     ap.add_argument("--workloads", nargs="+",
-                    default=["vrae", "refine-separate", "refine", "stage2"],
-                    choices=["vrae", "refine-separate", "refine", "stage2"])
+                    default=WORKLOADS, choices=WORKLOADS)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
@@ -187,9 +222,12 @@ def main() -> None:
                 f"{100 * r['gflops'] / peak:>6.1f}%",
                 flush=True,
             )
-        if {"refine", "refine-separate"} <= rows.keys():
-            sep, grp = rows["refine-separate"]["sec"], rows["refine"]["sec"]
-            line = f"{preset:>15} refine grouped vs separate: {sep / grp:.2f}x faster"
+        if "refine" in rows:
+            grp = rows["refine"]["sec"]
+            line = f"{preset:>15} refine (default)"
+            for other in ("refine-before", "refine-grouped-padded", "refine-separate"):
+                if other in rows:
+                    line += f"; {rows[other]['sec'] / grp:.2f}x faster than {other}"
             if "vrae" in rows:
                 line += f"; refine / vrae step time {grp / rows['vrae']['sec']:.2f}x"
             print(line, flush=True)

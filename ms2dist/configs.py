@@ -85,9 +85,10 @@ class TrainSection:
     stage1_mode: Literal["sequential", "joint"] = "sequential"
     vrae_steps: int = bounded(20000, 1)
     refine_steps: int = bounded(5000, 0)
-    # The tracks' refine nets as one grouped convolution stack (models/grouped.py): the same
-    # result, refine steps 1.3-1.6x faster on 2 CPU cores. False runs them one after another.
-    grouped_refine: bool = True
+    # The tracks' refine nets as one grouped convolution stack (models/grouped.py) or one
+    # after another: the same result. Unset: grouped on CUDA (5x fewer kernel launches),
+    # one after another elsewhere, which is 1.1-1.5x faster on CPU (bench/README.md).
+    grouped_refine: bool | None = None
     stage2_steps: int = bounded(20000, 1)
     kl_weight: float = bounded(1.0, 0)  # stage 1 (the BVAEs)
     # Stage 2 (the MFG-VAE): its KL is what makes samples from noise land where real phrases

@@ -9,10 +9,13 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ms2dist.configs import get_preset
 from ms2dist.models import MidiSandwich2, RefineConfig, RefineNet
-from ms2dist.models.grouped import can_group, grouped_refine_logits
+from ms2dist.models import grouped as grouped_module
+from ms2dist.models.convs import band_stem, conv3d_same, same_conv
+from ms2dist.models.grouped import can_group, grouped_refine_logits, refine_tracks
 from ms2dist.models.losses import stage1_losses
 
 SHAPE = (4, 48, 84, 5)
@@ -49,6 +52,61 @@ def test_grouped_refine_equals_each_net_on_its_track(cfg: RefineConfig) -> None:
     got = grouped_refine_logits(nets, probs)
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _module_forward(net: RefineNet, probs: torch.Tensor) -> torch.Tensor:
+    """The refine net's definition: its explicit-padding modules, one after another."""
+    h = net.units(net.stem(probs.unsqueeze(1)))
+    out = net.head(torch.relu(h)).squeeze(1)
+    return out + torch.logit(probs, eps=1e-6) if net.skip else out
+
+
+@pytest.mark.parametrize("cfg", [RefineConfig(channels=4, n_units=1),
+                                 RefineConfig(channels=3, n_units=2, kernel=(2, 4, 7)),
+                                 RefineConfig(channels=2, n_units=1, kernel=(3, 5, 12))])
+def test_the_fast_refine_forward_equals_its_padded_modules_with_gradients(cfg: RefineConfig
+                                                                          ) -> None:
+    """band_stem + same_conv (RefineNet.forward) = ConstantPad3d + Conv3d, even kernels too."""
+    torch.manual_seed(0)
+    net = RefineNet(cfg).to(DEVICE)
+    _perturbed(net)
+    grads = []
+    probs = torch.rand(2, *SHAPE).clamp(0.01, 0.99).to(DEVICE)[..., 1]  # a strided slice
+    target = (torch.rand(probs.shape) < 0.1).float().to(DEVICE)
+    for forward in (_module_forward, RefineNet.forward):
+        net.zero_grad(set_to_none=True)
+        out = forward(net, probs)
+        F.binary_cross_entropy_with_logits(out, target).backward()
+        grads.append((out.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}))
+    (want, gw), (got, gg) = grads
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for n in gw:
+        torch.testing.assert_close(gg[n], gw[n], rtol=1e-4, atol=1e-4, msg=n)
+
+
+def test_band_stem_and_same_conv_check_their_layers() -> None:
+    x = torch.rand(3, 2, 8, 16)
+    stem, inner = conv3d_same(1, 5, (1, 3, 4)), conv3d_same(5, 5, (1, 3, 4))
+    h = band_stem(x, stem)
+    assert h.shape == (3, 5, 2, 8, 16) and h.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(same_conv(h, [inner]), inner(h), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="1-channel input layer, got 5"):
+        band_stem(x, inner)
+
+
+def test_refine_tracks_groups_on_cuda_only_unless_told(monkeypatch: pytest.MonkeyPatch
+                                                       ) -> None:
+    nets = [RefineNet(RefineConfig(channels=2, n_units=0)) for _ in range(3)]
+    probs = torch.rand(1, 4, 48, 84, 3).clamp(0.01, 0.99)
+    calls = []
+    real = grouped_module.grouped_refine_logits
+    monkeypatch.setattr(grouped_module, "grouped_refine_logits",
+                        lambda n, p: calls.append(p.device.type) or real(n, p))
+    a = refine_tracks(nets, probs)  # CPU, unset: net by net
+    assert calls == []
+    b = refine_tracks(nets, probs, grouped=True)
+    assert calls == ["cpu"]
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_can_group_refuses_one_shared_net_and_unlike_nets() -> None:
@@ -90,7 +148,7 @@ def test_grouped_stage1_losses_metrics_and_gradients_equal_the_per_track_ones(ph
         torch.testing.assert_close(g1[n], g0[n], rtol=1e-4, atol=1e-5, msg=n)
 
 
-def test_decode_tracks_groups_the_refiners_and_matches_track_by_track() -> None:
+def test_decode_tracks_matches_track_by_track() -> None:
     torch.manual_seed(0)
     model = MidiSandwich2(get_preset("tiny")).to(DEVICE).eval()
     _perturbed(model)

@@ -20,21 +20,10 @@ import torch
 from torch import Tensor, nn
 
 from .config import BVAEConfig, RefineConfig
+from .convs import band_stem, conv3d_same, same_conv
 from .vrae import VRAE, reparameterize
 
-__all__ = ["ResidualUnit3d", "RefineNet", "BVAE", "conv3d_same"]
-
-
-def conv3d_same(c_in: int, c_out: int, kernel: tuple[int, int, int]) -> nn.Sequential:
-    """Stride-1 Conv3d whose output has the input's size, for odd or even kernels.
-
-    An even kernel (12 pitches) needs asymmetric padding; padding explicitly avoids the
-    extra copy (and warning) of ``padding="same"`` and keeps the layout obvious.
-    """
-    pad: list[int] = []
-    for k in reversed(kernel):  # F.pad order: last dim first (pitch, time, bar)
-        pad += [(k - 1) // 2, k - 1 - (k - 1) // 2]
-    return nn.Sequential(nn.ConstantPad3d(tuple(pad), 0.0), nn.Conv3d(c_in, c_out, kernel))
+__all__ = ["ResidualUnit3d", "RefineNet", "BVAE"]
 
 
 class ResidualUnit3d(nn.Module):
@@ -70,8 +59,11 @@ class RefineNet(nn.Module):
                 self.head[1].bias.zero_()
 
     def forward(self, probs: Tensor) -> Tensor:
-        h = self.units(self.stem(probs.unsqueeze(1)))
-        out = self.head(torch.relu(h)).squeeze(1)
+        # channels-last throughout: what oneDNN's convolution wants for a few channels
+        h = band_stem(probs, self.stem)
+        for unit in self.units:
+            h = h + same_conv(torch.relu(same_conv(torch.relu(h), [unit.conv1])), [unit.conv2])
+        out = same_conv(torch.relu(h), [self.head]).squeeze(1)
         return out + torch.logit(probs, eps=1e-6) if self.skip else out
 
 

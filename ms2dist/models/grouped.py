@@ -1,16 +1,16 @@
 """The refine nets of several tracks as one grouped convolution stack.
 
 Each track's :class:`~ms2dist.models.bvae.RefineNet` is a handful of Conv3d layers with a few
-channels (4-8). Run one after another, five tracks make five small convolutions per layer,
-each too thin to keep the cores (or a GPU) busy. Here the tracks' feature maps sit side by
-side on the channel axis and every layer is *one* ``conv3d(groups=n_tracks)``: group ``k``
-sees only track ``k``'s channels, with track ``k``'s own weights, so the result is the
-per-track computation exactly (to float rounding), and so are the gradients.
+channels (4-8). Run one after another, five tracks make five small convolutions per layer;
+on a GPU each is a kernel launch too small to fill the chip. Here the tracks' feature maps
+sit side by side on the channel axis and every layer is *one* ``conv3d(groups=n_tracks)``:
+group ``k`` sees only track ``k``'s channels, with track ``k``'s own weights, so the result
+is the per-track computation exactly (to float rounding), and so are the gradients.
 
 The grouped weights are concatenated from the tracks' own parameters at every call
 (a few KB; differentiable), so each track keeps its parameters, optimiser state and saved
 tensors: nothing about the model's format changes. Activations are kept in
-``channels_last_3d``, which is what makes the grouped kernel fast on CPU (bench/README.md).
+``channels_last_3d``. On CPU the net-by-net path is faster (:func:`refine_tracks`).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .bvae import RefineNet
+from .convs import band_stem, same_conv
 
 __all__ = ["can_group", "grouped_refine_logits", "refine_tracks"]
 
@@ -34,14 +34,6 @@ def can_group(nets: Sequence[RefineNet]) -> bool:
     return len(shapes) == 1 and len({n.skip for n in nets}) == 1
 
 
-def _grouped_conv(h: Tensor, convs: Sequence[nn.Sequential]) -> Tensor:
-    """One padded Conv3d layer of every track, applied to their stacked channels."""
-    pad, conv0 = convs[0][0].padding, convs[0][1]
-    weight = torch.cat([c[1].weight for c in convs])
-    bias = torch.cat([c[1].bias for c in convs]) if conv0.bias is not None else None
-    return F.conv3d(F.pad(h, pad), weight, bias, groups=len(convs))
-
-
 def grouped_refine_logits(nets: Sequence[RefineNet], probs: Tensor) -> Tensor:
     """VRAE probabilities ``(B, bars, T, P, K)`` -> refined logits of the same shape.
 
@@ -51,22 +43,28 @@ def grouped_refine_logits(nets: Sequence[RefineNet], probs: Tensor) -> Tensor:
     k = len(nets)
     if probs.shape[-1] != k:
         raise ValueError(f"probs has {probs.shape[-1]} tracks on its last axis, nets {k}")
-    # (B, bars, T, P, K) -> (B, K, bars, T, P) channels-last: the same memory, no copy.
-    h0 = probs.permute(0, 4, 1, 2, 3).contiguous(memory_format=torch.channels_last_3d)
-    h = _grouped_conv(h0, [n.stem for n in nets])
+    # Each track's stem is its own matmul (convs.band_stem), the tracks' channels side by
+    # side in channels_last_3d for the grouped layers.
+    h = torch.cat([band_stem(probs[..., j], n.stem) for j, n in enumerate(nets)], 1)
     for i in range(len(nets[0].units)):
         units = [n.units[i] for n in nets]
-        r = _grouped_conv(torch.relu(h), [u.conv1 for u in units])
-        h = h + _grouped_conv(torch.relu(r), [u.conv2 for u in units])
-    out = _grouped_conv(torch.relu(h), [n.head for n in nets]).permute(0, 2, 3, 4, 1)
+        r = same_conv(torch.relu(h), [u.conv1 for u in units])
+        h = h + same_conv(torch.relu(r), [u.conv2 for u in units])
+    out = same_conv(torch.relu(h), [n.head for n in nets]).permute(0, 2, 3, 4, 1)
     return out + torch.logit(probs, eps=1e-6) if nets[0].skip else out
 
 
-def refine_tracks(nets: Sequence[RefineNet], probs: Tensor, grouped: bool = True) -> Tensor:
+def refine_tracks(nets: Sequence[RefineNet], probs: Tensor, grouped: bool | None = None
+                  ) -> Tensor:
     """Refined logits ``(B, bars, T, P, K)``: grouped when :func:`can_group`, else net by net.
 
-    Net by net is the shared-BVAE ablation (one module for every track) and ``grouped=False``.
+    ``grouped=None`` groups on CUDA only. On CPU, oneDNN runs a grouped convolution of
+    4-8 channels per group no faster than the groups one by one (8 -> 8 channels: 1.7x
+    slower), so there the nets run one after another (bench/README.md). Net by net is
+    also the shared-BVAE ablation (one module for every track) and ``grouped=False``.
     """
+    if grouped is None:
+        grouped = probs.device.type == "cuda"
     if grouped and can_group(nets):
         return grouped_refine_logits(nets, probs)
     return torch.stack([n(probs[..., k]) for k, n in enumerate(nets)], -1)

@@ -76,13 +76,14 @@ def stage1_losses(
     phase: Literal["vrae", "refine", "joint"],
     kl_weight: float = 1.0,
     free_bits: float = 0.0,
-    grouped: bool = True,
+    grouped: bool | None = None,
 ) -> tuple[list[Tensor], list[dict[str, float]]]:
     """Stage-1 loss and metrics of each of ``tracks``' BVAEs, one entry per track.
 
     ``grouped``: the refine nets of the tracks run as one grouped convolution stack
     (:mod:`.grouped`) when their BVAEs are distinct and alike; the losses, metrics and
-    gradients are the per-track ones to float rounding. ``False`` forces one net at a time.
+    gradients are the per-track ones to float rounding. ``False`` forces one net at a time;
+    ``None`` chooses by device (:func:`.grouped.refine_tracks`).
     """
     if phase not in ("vrae", "refine", "joint"):
         raise ValueError(f"phase must be 'vrae', 'refine' or 'joint', got {phase!r}")

@@ -17,11 +17,12 @@ __all__ = ["Stage1Objective", "Stage2Objective", "stage1_param_groups", "bvae_po
 
 
 class Stage1Objective(nn.Module):
-    def __init__(self, model: nn.Module, tracks: list[int], grouped: bool = True) -> None:
+    def __init__(self, model: nn.Module, tracks: list[int], grouped: bool | None = None
+                 ) -> None:
         super().__init__()
         self.model = model
         self.tracks = tracks
-        self.grouped = grouped  # refine nets as one grouped conv stack (models/grouped.py)
+        self.grouped = grouped  # refine nets as one grouped stack? (models/grouped.py)
 
     def forward(self, x: torch.Tensor, phase: str, kl_weight: float,
                 free_bits: float) -> tuple[torch.Tensor, dict[str, float]]:
