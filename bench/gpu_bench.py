@@ -33,7 +33,7 @@ from ms2dist.configs import get_preset  # noqa: E402
 from ms2dist.models import MidiSandwich2, stage2_loss  # noqa: E402
 from ms2dist.models.losses import stage1_losses  # noqa: E402
 
-WORKLOADS = ["vrae", "refine-separate", "refine", "stage2"]
+WORKLOADS = ["vrae", "refine-separate", "refine-grouped", "stage2"]
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -66,7 +66,7 @@ def run(preset: str, workload: str, precision: str, device: torch.device, steps:
             else:
                 phase = "vrae" if workload == "vrae" else "refine"
                 losses, _ = stage1_losses(model, x, tracks, phase=phase,
-                                          grouped=workload == "refine")
+                                          grouped=workload == "refine-grouped")
                 loss = torch.stack(losses).sum()
         scaler.scale(loss).backward()
         scaler.step(opt)

@@ -7,13 +7,14 @@ Data: a few synthetic MIDI songs (random notes on the five tracks' General MIDI 
 no download), packed with ``ms2dist pack``: throughput does not depend on the notes. Per
 precision (fp32, bf16, fp16: accelerate's ``--mixed_precision no|bf16|fp16``, fp16 with its
 gradient scaler) it trains ``paper`` stage 1 for ``--steps`` VRAE + ``--steps`` refine steps
-(grouped refine nets), then stage 2 for ``--steps`` steps on that stage 1, with tracking
-off, and reads the trainer's own ``metrics.jsonl``: phrases/s per phase (the median over its
-logging windows, the first one, with warm-up and compilation, left out), achieved TFLOP/s
-(the analytic FLOPs of ``bench_model.py``) and the peak device memory. A run that fails or
-logs a non-finite loss fails the script. ``--quick``: ``tiny``, 6 steps per phase, fp32
-only, so CI keeps the path working on CPU (tests/test_gpu_check.py); its figures mean
-nothing there. On CPU fp16 is left out (oneDNN's LSTM has no fp16).
+(the default refine path: grouped on CUDA), then stage 2 for ``--steps`` steps on that
+stage 1, with tracking off, and reads the trainer's own ``metrics.jsonl``: phrases/s per
+phase (the median over its logging windows, the first one, with warm-up and compilation,
+left out), achieved TFLOP/s (the analytic FLOPs of ``bench_model.py``) and the peak device
+memory. A run that fails or logs a non-finite loss fails the script. ``--quick``:
+``tiny``, 6 steps per phase, fp32 only, so CI keeps the path working on CPU
+(tests/test_gpu_check.py); its figures mean nothing there. On CPU fp16 is left out
+(oneDNN's LSTM has no fp16).
 """
 
 from __future__ import annotations

@@ -63,21 +63,25 @@ def _module_forward(net: RefineNet, probs: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("cfg", [RefineConfig(channels=4, n_units=1),
                                  RefineConfig(channels=3, n_units=2, kernel=(2, 4, 7)),
-                                 RefineConfig(channels=2, n_units=1, kernel=(3, 5, 12))])
+                                 RefineConfig(channels=2, n_units=1, kernel=(3, 5, 12)),
+                                 RefineConfig(channels=2, n_units=0, kernel=(1, 3, 5))])
 def test_the_fast_refine_forward_equals_its_padded_modules_with_gradients(cfg: RefineConfig
                                                                           ) -> None:
-    """band_stem + same_conv (RefineNet.forward) = ConstantPad3d + Conv3d, even kernels too."""
+    """band_stem + same_conv (RefineNet.forward) = ConstantPad3d + Conv3d, even kernels and
+    pitch counts the kernel does not divide too, with the input's gradient (joint phase)."""
     torch.manual_seed(0)
     net = RefineNet(cfg).to(DEVICE)
     _perturbed(net)
     grads = []
-    probs = torch.rand(2, *SHAPE).clamp(0.01, 0.99).to(DEVICE)[..., 1]  # a strided slice
-    target = (torch.rand(probs.shape) < 0.1).float().to(DEVICE)
+    base = torch.rand(2, *SHAPE).clamp(0.01, 0.99).to(DEVICE).requires_grad_()
+    target = (torch.rand(base.shape[:-1]) < 0.1).float().to(DEVICE)
     for forward in (_module_forward, RefineNet.forward):
         net.zero_grad(set_to_none=True)
-        out = forward(net, probs)
+        base.grad = None
+        out = forward(net, base[..., 1])  # a strided slice, as the trainer passes it
         F.binary_cross_entropy_with_logits(out, target).backward()
         grads.append((out.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}))
+        grads[-1][1]["input"] = base.grad.clone()
     (want, gw), (got, gg) = grads
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     for n in gw:

@@ -10,10 +10,9 @@ equal computations instead (tests/test_grouped.py checks both against the module
   asymmetric 'same' padding, which a convolution cannot do; one zero tap in front of the
   kernel (12 -> 13, 8% more multiply-adds) makes it symmetric.
 - :func:`band_stem`: the first layer has one input channel, the worst case for a direct
-  convolution (~6 GFLOP/s here). Along pitch it is a product with a banded (Toeplitz)
-  matrix, so the whole layer is one matmul of the time- and bar-shifted inputs against
-  that matrix: 7x the multiply-adds (84 pitches instead of 12 taps) at matmul speed,
-  2-4x faster than the convolution (bench/README.md).
+  convolution (~6 GFLOP/s here). Along pitch it is a product with a banded matrix, so
+  the whole layer is one matmul of windows of the input against one block of that
+  matrix, at matmul speed (bench/README.md).
 """
 
 from __future__ import annotations
@@ -63,31 +62,43 @@ def same_conv(h: Tensor, convs: Sequence[nn.Sequential]) -> Tensor:
     return F.conv3d(h, weight, bias, padding=padding, groups=len(convs))
 
 
-def _band(weight: Tensor, n_pitches: int) -> Tensor:
-    """(C, 1, kb, kt, kp) kernel -> (kb * kt * P_in, P_out * C) banded pitch matrix."""
+def _block_band(weight: Tensor) -> Tensor:
+    """(C, 1, kb, kt, kp) kernel -> (kb * kt * 2kp, kp * C): one pitch block's matrix.
+
+    Row ``(shift, q)`` is pitch ``q`` of a ``2 kp``-wide input window, column ``(r, c)``
+    output pitch ``r`` of the block (channel ``c``); the tap joining them is ``q - r``.
+    """
     c, _, kb, kt, kp = weight.shape
-    before = _same_pads([kp])[0][0]
-    tap = torch.arange(n_pitches)[:, None] - torch.arange(n_pitches)[None, :] + before
+    tap = torch.arange(2 * kp)[:, None] - torch.arange(kp)[None, :]  # (q, r)
     inside = ((tap >= 0) & (tap < kp)).to(weight.device, weight.dtype)
     tap = tap.clamp(0, kp - 1).to(weight.device)
-    band = weight.reshape(c, kb, kt, kp)[..., tap] * inside  # (C, kb, kt, P_in, P_out)
-    return band.permute(1, 2, 3, 4, 0).reshape(kb * kt * n_pitches, n_pitches * c)
+    band = weight.reshape(c, kb * kt, kp)[..., tap] * inside  # (C, shifts, 2kp, kp)
+    return band.permute(1, 2, 3, 0).reshape(kb * kt * 2 * kp, kp * c)
 
 
 def band_stem(x: Tensor, conv: nn.Sequential) -> Tensor:
     """A one-input-channel :func:`conv3d_same` layer on ``x`` ``(N, bars, T, P)``.
 
-    Returns ``(N, C, bars, T, P)`` in ``channels_last_3d`` (what :func:`same_conv` wants).
+    Output pitches go in blocks of the kernel's width ``kp``; a block reads a window of
+    ``2 kp`` input pitches (its own and the next block's, shifted by the 'same' padding)
+    at every bar and time shift of the kernel, so the layer is one matmul of those
+    windows against :func:`_block_band` (2x the convolution's multiply-adds, not 7x as a
+    full pitch-by-pitch matrix would be). Returns ``(N, C, bars, T, P)`` in
+    ``channels_last_3d``, what :func:`same_conv` wants.
     """
     weight, bias = conv[1].weight, conv[1].bias
     if weight.shape[1] != 1:
         raise ValueError(f"band_stem needs a 1-channel input layer, got {weight.shape[1]}")
     n, bars, steps, pitches = x.shape
-    (b0, b1), (t0, t1), _ = _same_pads(weight.shape[2:])
-    xp = F.pad(x, (0, 0, t0, t1, b0, b1))
-    kb, kt = weight.shape[2:4]
-    shifted = torch.cat([xp[:, i:i + bars, j:j + steps] for i in range(kb) for j in range(kt)],
-                        -1).reshape(n * bars * steps, -1)
-    band = _band(weight, pitches)
-    y = shifted @ band if bias is None else torch.addmm(bias.repeat(pitches), shifted, band)
-    return y.view(n, bars, steps, pitches, -1).permute(0, 4, 1, 2, 3)
+    kb, kt, kp = weight.shape[2:]
+    (b0, b1), (t0, t1), (p0, _) = _same_pads(weight.shape[2:])
+    blocks = -(-pitches // kp)
+    xp = F.pad(x, (p0, (blocks + 1) * kp - pitches - p0, t0, t1, b0, b1))
+    shifts = torch.stack([xp[:, i:i + bars, j:j + steps] for i in range(kb) for j in range(kt)],
+                         3)  # (N, bars, T, shifts, padded P)
+    windows = shifts.unfold(-1, 2 * kp, kp).transpose(3, 4)  # (N, bars, T, blocks, shifts, 2kp)
+    rows = windows.reshape(n * bars * steps * blocks, -1)
+    band = _block_band(weight)
+    y = rows @ band if bias is None else torch.addmm(bias.repeat(kp), rows, band)
+    y = y.view(n, bars, steps, blocks * kp, -1)[:, :, :, :pitches]
+    return y.permute(0, 4, 1, 2, 3).contiguous(memory_format=torch.channels_last_3d)

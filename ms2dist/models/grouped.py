@@ -49,8 +49,8 @@ def grouped_refine_logits(nets: Sequence[RefineNet], probs: Tensor) -> Tensor:
     for i in range(len(nets[0].units)):
         units = [n.units[i] for n in nets]
         r = same_conv(torch.relu(h), [u.conv1 for u in units])
-        h = h + same_conv(torch.relu(r), [u.conv2 for u in units])
-    out = same_conv(torch.relu(h), [n.head for n in nets]).permute(0, 2, 3, 4, 1)
+        h = h + same_conv(torch.relu_(r), [u.conv2 for u in units])
+    out = same_conv(torch.relu_(h), [n.head for n in nets]).permute(0, 2, 3, 4, 1)
     return out + torch.logit(probs, eps=1e-6) if nets[0].skip else out
 
 
