@@ -106,11 +106,14 @@ def test_refine_tracks_groups_on_cuda_only_unless_told(monkeypatch: pytest.Monke
     real = grouped_module.grouped_refine_logits
     monkeypatch.setattr(grouped_module, "grouped_refine_logits",
                         lambda n, p: calls.append(p.device.type) or real(n, p))
-    a = refine_tracks(nets, probs)  # CPU, unset: net by net
+    per_track = list(probs.unbind(-1))
+    a = refine_tracks(nets, per_track)  # CPU, unset: net by net
     assert calls == []
-    b = refine_tracks(nets, probs, grouped=True)
+    b = refine_tracks(nets, per_track, grouped=True)
     assert calls == ["cpu"]
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.stack(a, -1), torch.stack(b, -1), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="2 tracks of probabilities for 3 refine nets"):
+        refine_tracks(nets, per_track[:2])
 
 
 def test_can_group_refuses_one_shared_net_and_unlike_nets() -> None:

@@ -54,17 +54,24 @@ def grouped_refine_logits(nets: Sequence[RefineNet], probs: Tensor) -> Tensor:
     return out + torch.logit(probs, eps=1e-6) if nets[0].skip else out
 
 
-def refine_tracks(nets: Sequence[RefineNet], probs: Tensor, grouped: bool | None = None
-                  ) -> Tensor:
-    """Refined logits ``(B, bars, T, P, K)``: grouped when :func:`can_group`, else net by net.
+def refine_tracks(nets: Sequence[RefineNet], probs: Sequence[Tensor],
+                  grouped: bool | None = None) -> list[Tensor]:
+    """Refined logits of each track, ``(B, bars, T, P)`` for ``nets[k]`` on ``probs[k]``.
+
+    Grouped when :func:`can_group`, else net by net, each on its own contiguous tensor
+    (a stacked ``(..., K)`` batch would hand every net a strided slice, which the pads and
+    elementwise ops then read ~2x slower).
 
     ``grouped=None`` groups on CUDA only. On CPU, oneDNN runs a grouped convolution of
     4-8 channels per group no faster than the groups one by one (8 -> 8 channels: 1.7x
     slower), so there the nets run one after another (bench/README.md). Net by net is
     also the shared-BVAE ablation (one module for every track) and ``grouped=False``.
     """
+    if len(probs) != len(nets):
+        raise ValueError(f"{len(probs)} tracks of probabilities for {len(nets)} refine nets")
     if grouped is None:
-        grouped = probs.device.type == "cuda"
+        grouped = probs[0].device.type == "cuda"
     if grouped and can_group(nets):
-        return grouped_refine_logits(nets, probs)
-    return torch.stack([n(probs[..., k]) for k, n in enumerate(nets)], -1)
+        out = grouped_refine_logits(nets, torch.stack(list(probs), -1))
+        return [out[..., k] for k in range(len(nets))]
+    return [n(p) for n, p in zip(nets, probs, strict=True)]

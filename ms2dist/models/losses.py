@@ -88,7 +88,7 @@ def stage1_losses(
     if phase not in ("vrae", "refine", "joint"):
         raise ValueError(f"phase must be 'vrae', 'refine' or 'joint', got {phase!r}")
     bvaes = [model.bvae(t) for t in tracks]
-    xts = [x[..., t] for t in tracks]
+    xts = [x[..., t].contiguous() for t in tracks]  # strided slices slow every op reading them
     n_el = xts[0][0].numel()
     losses: list[Tensor] = []
     metrics: list[dict[str, float]] = [{} for _ in tracks]
@@ -112,8 +112,7 @@ def stage1_losses(
         probs = [torch.sigmoid(lg) for lg in logits]
         if phase == "refine":
             probs = [p.detach() for p in probs]
-        out = refine_tracks([b.refine for b in bvaes], torch.stack(probs, -1), grouped)
-        outs = [out[..., i] for i in range(len(tracks))]
+        outs = refine_tracks([b.refine for b in bvaes], probs, grouped)
         for i, xt in enumerate(xts):
             ref = _bce_sum(outs[i], xt)
             losses[i] = losses[i] + ref

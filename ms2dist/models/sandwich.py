@@ -102,11 +102,10 @@ class MidiSandwich2(nn.Module):
         """BVAE latents (B*S, tracks, L) -> probabilities (B, bars, T, P, tracks)."""
         zs = z.view(-1, self.n_segments, *z.shape[1:])
         bvaes = [self.bvae(t) for t in range(self.cfg.n_tracks)]
-        probs = torch.stack([torch.sigmoid(b.decode_logits(zs[:, :, t]))
-                             for t, b in enumerate(bvaes)], -1)
-        if not refine:
-            return probs
-        return torch.sigmoid(refine_tracks([b.refine for b in bvaes], probs))
+        probs = [torch.sigmoid(b.decode_logits(zs[:, :, t])) for t, b in enumerate(bvaes)]
+        if refine:
+            probs = [torch.sigmoid(lg) for lg in refine_tracks([b.refine for b in bvaes], probs)]
+        return torch.stack(probs, -1)
 
     # ------------------------------------------------------------- MFG level
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
