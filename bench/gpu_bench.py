@@ -42,6 +42,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def cpu_bf16_lstm() -> bool:
+    """Whether oneDNN can run a bf16 LSTM here (AVX-512 CPUs can; AVX2-only ones cannot)."""
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.nn.LSTM(4, 4, batch_first=True)(torch.randn(1, 2, 4))
+        return True
+    except RuntimeError:
+        return False
+
+
 def run(preset: str, workload: str, precision: str, device: torch.device, steps: int,
         batch: int) -> dict[str, float]:
     torch.manual_seed(0)
@@ -107,6 +117,9 @@ def main() -> None:
     device = torch.device(args.device)
     if args.precisions is None:
         args.precisions = list(PRECISIONS) if device.type == "cuda" else ["fp32", "bf16"]
+        if device.type == "cpu" and not cpu_bf16_lstm():
+            args.precisions = ["fp32"]
+            print("gpu_bench: this CPU's oneDNN has no bf16 LSTM (needs AVX-512): fp32 only")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {name}, torch {torch.__version__}, preset {args.preset}, batch "
           f"{args.batch}, {args.steps} steps per setting (median step time)")
